@@ -1,0 +1,49 @@
+"""lowbit: quantize PyTorch models, run them on real integer kernels, and measure what it costs.
+
+>>> import lowbit
+>>> qmodel = lowbit.quantize(model, "W8A8", calibration=batches)
+>>> lowbit.save(qmodel, "model-w8a8/")
+>>> lowbit.model_size(qmodel) / lowbit.model_size(model)
+"""
+
+from __future__ import annotations
+
+from lowbit.config import QuantConfig, QuantMode, QuantScheme, TensorQuantSpec
+from lowbit.errors import (
+    ArtifactError,
+    CalibrationError,
+    ConfigError,
+    InvalidModelError,
+    LowbitError,
+    UnknownPresetError,
+    UnsupportedLayerError,
+)
+from lowbit.presets import PRESETS, get_preset, preset_names
+from lowbit.quantize import QuantizationRecord, quantize
+from lowbit.serialization import artifact_size, load, model_size, save
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize",
+    "save",
+    "load",
+    "model_size",
+    "artifact_size",
+    "get_preset",
+    "preset_names",
+    "PRESETS",
+    "QuantConfig",
+    "QuantScheme",
+    "QuantMode",
+    "TensorQuantSpec",
+    "QuantizationRecord",
+    "LowbitError",
+    "ConfigError",
+    "UnknownPresetError",
+    "CalibrationError",
+    "InvalidModelError",
+    "ArtifactError",
+    "UnsupportedLayerError",
+    "__version__",
+]

@@ -1,0 +1,130 @@
+"""Fast integer kernels on the CPU, built on torch's own int8 operators.
+
+Measured on the development machine (AVX-512 VNNI, 2 cores; see benchmarks/RESULTS.md):
+
+* ``torch._int_mm`` (int8 x int8 -> int32, oneDNN/VNNI) is the fastest int8 GEMM for every shape we
+  timed. Passing the ``[N, K]`` weight as a transposed view is ~5x faster at batch 1 than a
+  contiguous ``[K, N]`` copy and within 25 % of it at large batches, so weights stay ``[N, K]``.
+* ``aten._weight_int8pack_mm`` (bf16 activations x int8 weights, per-channel scales) is the
+  weight-only kernel: ~7x faster than fp32 at batch 1. It needs ``K % 16 == 0`` (other K crash the
+  process, so we never call it there) and bf16 inputs (fp32 inputs hit a slow path).
+* ``onednn::qconv_pointwise`` is the int8 convolution (uint8 activations with a zero point, int8
+  weights, fp32 output); there is no other non-deprecated int8 conv in torch.
+
+Each fast path has a reference twin in :mod:`lowbit.kernels.reference` and is tested against it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from lowbit.kernels import reference
+
+__all__ = [
+    "has_int_mm",
+    "has_onednn_qconv",
+    "supports_weight_int8pack",
+    "quantize_dynamic_int8",
+    "int8_matmul",
+    "weight_int8_matmul",
+    "prepack_int8_conv",
+    "int8_conv",
+]
+
+
+@functools.cache
+def has_int_mm() -> bool:
+    """True when ``torch._int_mm`` runs on this CPU build (checked once with a tiny call)."""
+    try:
+        a = torch.ones(2, 16, dtype=torch.int8)
+        return bool((torch._int_mm(a, a.t()) == 16).all())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@functools.cache
+def has_onednn_qconv() -> bool:
+    """True when oneDNN's int8 convolution operators are present in this torch build."""
+    try:
+        ops = torch.ops.onednn
+        return hasattr(ops, "qconv_prepack") and hasattr(ops, "qconv_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def supports_weight_int8pack(in_features: int) -> bool:
+    """``_weight_int8pack_mm`` needs K a multiple of 16 (other K segfault in torch 2.13)."""
+    return in_features % 16 == 0 and hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def quantize_dynamic_int8(
+    x: torch.Tensor, per_token: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 of a 2-D ``x`` with scales from the data: ``s = max|x| / 127``, ``q = round(x/s)``.
+
+    ``per_token``: one scale per row (``[M, 1]``), else one for the tensor (``[1, 1]``). No clamp is
+    needed: ``|x / s| <= 127`` by construction. All-zero rows get a tiny scale.
+    """
+    x = x.float()
+    amax = x.abs().amax(dim=-1, keepdim=True) if per_token else x.abs().amax().reshape(1, 1)
+    scale = amax.clamp_(min=1e-12).div_(127.0)
+    q = torch.div(x, scale).round_().to(torch.int8)
+    return q, scale
+
+
+def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.Tensor:
+    """``acc = qx @ qw.T`` in int32 for int8 ``qx [M, K]`` and ``qw [N, K]``."""
+    if fast:
+        return torch._int_mm(qx, qw.t())
+    return reference.int8_matmul_ref(qx, qw)
+
+
+def weight_int8_matmul(
+    x: torch.Tensor, qw: torch.Tensor, scale_bf16: torch.Tensor, fast: bool = True
+) -> torch.Tensor:
+    """``y = bf16(x) @ (qw * scale).T`` in bf16; ``x [M, K]``, ``qw [N, K]``, ``scale [N]``."""
+    xb = x.to(torch.bfloat16)
+    if fast:
+        return torch.ops.aten._weight_int8pack_mm(xb, qw, scale_bf16)
+    w = qw.to(torch.bfloat16) * scale_bf16.reshape(-1, 1)
+    return torch.nn.functional.linear(xb, w)
+
+
+def prepack_int8_conv(
+    qw: torch.Tensor,
+    w_scale: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """oneDNN's blocked layout of an int8 conv weight (derived data, never saved)."""
+    # The activation scale/zero point given to prepack do not affect the packed weight (checked in
+    # tests: results match for any value), so a placeholder serves static and dynamic modes alike.
+    return torch.ops.onednn.qconv_prepack(
+        qw, w_scale.float(), 1.0, 0, stride, padding, dilation, groups, None
+    )
+
+
+def int8_conv(
+    qx: torch.Tensor,
+    x_scale: float,
+    x_zero_point: int,
+    packed_w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """fp32 ``conv((qx - zx) * sx, qw * sw) + bias`` with uint8 ``qx``, on oneDNN's int8 kernel."""
+    w_zero = torch.zeros(w_scale.numel(), dtype=torch.int64)
+    y = torch.ops.onednn.qconv_pointwise(
+        qx, float(x_scale), int(x_zero_point), packed_w, w_scale.float(), w_zero, bias,
+        stride, padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "",
+    )  # fmt: skip
+    # oneDNN answers in channels-last; user code often calls .view() on conv outputs.
+    return y.contiguous()

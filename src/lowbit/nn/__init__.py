@@ -1,0 +1,48 @@
+"""Quantized layers and the table that maps float layer types to them."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lowbit.config import QuantMode, QuantScheme
+from lowbit.nn.base import QuantModule
+from lowbit.nn.cast import CastLayer
+from lowbit.nn.qconv import QuantConv
+from lowbit.nn.qlinear import QuantLinear
+
+__all__ = ["QuantModule", "QuantLinear", "QuantConv", "CastLayer", "LAYER_TYPES", "layer_class", "is_quantizable",
+           "unsupported_reason"]
+
+# Quantized class by type name, as written in a saved artifact's layer specs.
+LAYER_TYPES: dict[str, type[QuantModule]] = {
+    "QuantLinear": QuantLinear,
+    "QuantConv": QuantConv,
+    "CastLayer": CastLayer,
+}
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why ``module`` cannot be quantized (None when it can)."""
+    if isinstance(module, nn.Linear):
+        return None
+    if isinstance(module, nn.Conv1d | nn.Conv2d):
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (only zero padding is supported)"
+        if isinstance(module.padding, str):
+            return f"padding={module.padding!r} (give integer padding)"
+        return None
+    if isinstance(module, nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+        return f"{type(module).__name__} has no quantized implementation yet"
+    return None
+
+
+def is_quantizable(module: nn.Module) -> bool:
+    """Layers lowbit replaces: Linear, Conv1d and Conv2d (subclasses included)."""
+    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d)
+
+
+def layer_class(module: nn.Module, scheme: QuantScheme) -> type[QuantModule]:
+    """The quantized class for a float layer under ``scheme``."""
+    if scheme.mode is QuantMode.CAST:
+        return CastLayer
+    return QuantLinear if isinstance(module, nn.Linear) else QuantConv

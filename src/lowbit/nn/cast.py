@@ -1,0 +1,75 @@
+"""16-bit float passthrough layers (``FP16``, ``BF16`` presets): weights stored in half precision.
+
+* bf16: weights, activations and the matmul/conv run in bf16 (AVX-512 BF16 makes this ~2-3x faster
+  than fp32 here); outputs are cast back to the input dtype.
+* fp16: this CPU has no fast fp16 GEMM for batches (oneDNN's fp16 path is ~10x slower than fp32),
+  so fp16 weights are multiplied natively only for matrix-vector products (``rows <= 4``, where
+  halving the bytes read wins) and are upcast to fp32 otherwise. The size halves either way.
+
+>>> layer = CastLayer.from_float(nn.Linear(8, 4), get_preset("BF16"))
+>>> layer.weight.dtype, layer(torch.randn(2, 8)).dtype
+(torch.bfloat16, torch.float32)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantScheme
+from lowbit.formats import get_format
+from lowbit.nn.base import QuantModule, check_finite
+
+__all__ = ["CastLayer"]
+
+_FP16_NATIVE_MAX_ROWS = 4  # measured crossover of fp16 GEMV vs fp32 GEMM (benchmarks/RESULTS.md)
+_CONV_FN = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
+
+
+class CastLayer(QuantModule):
+    """A Linear/Conv1d/Conv2d whose weight and bias are stored as fp16 or bf16."""
+
+    def __init__(self, module: nn.Linear | nn.Conv1d | nn.Conv2d, scheme: QuantScheme):
+        super().__init__()
+        self.scheme = scheme
+        self.dtype = get_format(scheme.compute_dtype).torch_dtype
+        self.is_linear = isinstance(module, nn.Linear)
+        if not self.is_linear:
+            if module.padding_mode != "zeros":
+                raise ValueError("CastLayer takes zero-padded convolutions")
+            self.conv_args = (module.stride, module.padding, module.dilation, module.groups)
+            self.dims = module.weight.dim() - 2
+        self.weight = nn.Parameter(module.weight.detach().to(self.dtype), requires_grad=False)
+        b = module.bias
+        self.bias = None if b is None else nn.Parameter(b.detach().to(self.dtype), requires_grad=False)
+        self.kernel = f"{scheme.compute_dtype} {'matmul' if self.is_linear else 'conv'}"
+        if self.dtype is torch.float16:
+            self.kernel = "fp16 GEMV for <=4 rows, else fp32 compute on upcast weights"
+
+    @classmethod
+    def from_float(cls, module: nn.Module, scheme: QuantScheme, input_qparams=None,
+                   name: str = "layer") -> CastLayer:
+        check_finite(module.weight, f"{name}.weight")
+        return cls(module, scheme)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], float_module: nn.Module) -> CastLayer:
+        return cls(float_module, QuantScheme.from_dict(spec["scheme"]))
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        if self.dtype is torch.bfloat16:
+            return torch.bfloat16
+        rows = x.numel() // x.shape[-1] if self.is_linear else _FP16_NATIVE_MAX_ROWS + 1
+        return torch.float16 if rows <= _FP16_NATIVE_MAX_ROWS else torch.float32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cd = self._compute_dtype(x)
+        w = self.weight.to(cd)
+        b = None if self.bias is None else self.bias.to(cd)
+        if self.is_linear:
+            y = nn.functional.linear(x.to(cd), w, b)
+        else:
+            y = _CONV_FN[self.dims](x.to(cd), w, b, *self.conv_args)
+        return y.to(x.dtype)

@@ -1,0 +1,163 @@
+"""``QuantConv``: ``nn.Conv1d``/``nn.Conv2d`` (grouped and depthwise too) with int8 weights.
+
+* static / dynamic: activations become uint8 codes with one scale and zero point per input tensor
+  (calibrated, or computed from each input), and the convolution runs on oneDNN's int8 kernel:
+  ``y = conv((q_x - z_x) * s_x, q_w * s_w) + b`` with one weight scale per output channel.
+* weight-only: there is no fused int8-weight/float-activation convolution in torch, so the weight is
+  dequantized on each call and the convolution runs in bf16 (``kernel`` says so).
+
+>>> conv = nn.Conv2d(3, 8, 3, padding=1)
+>>> q = QuantConv.from_float(conv, get_preset("W8A8-dynamic"))
+>>> q.qweight.dtype, q(torch.randn(2, 3, 16, 16)).shape
+(torch.int8, torch.Size([2, 8, 16, 16]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantMode, QuantScheme
+from lowbit.kernels import cpu, reference
+from lowbit.nn.base import (
+    ActivationCodes,
+    QuantizedWeight,
+    QuantModule,
+    check_finite,
+    placeholder_qparams,
+    quantize_weight,
+)
+
+__all__ = ["QuantConv"]
+
+_CONV_FN = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
+
+
+class QuantConv(QuantModule):
+    """Integer-weight 1-D/2-D convolution; build it with :meth:`from_float`."""
+
+    def __init__(
+        self,
+        conv: nn.Conv1d | nn.Conv2d,
+        scheme: QuantScheme,
+        qweight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("QuantConv takes zero padding given as integers")
+        self.scheme, self.dims = scheme, conv.weight.dim() - 2
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self._register_qweight(qweight)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        if scheme.mode is QuantMode.STATIC:
+            if input_qparams is None:
+                raise ValueError("a static scheme needs calibrated input_qparams=(scale, zero_point)")
+            self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
+            self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
+        self._prepare()
+
+    @classmethod
+    def from_float(
+        cls,
+        conv: nn.Conv1d | nn.Conv2d,
+        scheme: QuantScheme,
+        input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+        name: str = "conv",
+    ) -> QuantConv:
+        if conv.bias is not None:
+            check_finite(conv.bias, f"{name}.bias")
+        qweight = quantize_weight(conv.weight, scheme.weight, f"{name}.weight")
+        return cls(conv, scheme, qweight, conv.bias, input_qparams)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], float_module: nn.Conv1d | nn.Conv2d) -> QuantConv:
+        """An empty shell shaped like ``float_module``, to be filled by ``load_state_dict``."""
+        scheme = QuantScheme.from_dict(spec["scheme"])
+        weight = torch.zeros(float_module.weight.shape)
+        bias = float_module.bias
+        if spec.get("has_bias", bias is not None):
+            bias = torch.zeros(float_module.out_channels)
+        qweight = quantize_weight(weight, scheme.weight, "weight")
+        return cls(float_module, scheme, qweight, bias, placeholder_qparams(scheme))
+
+    def layer_spec(self) -> dict[str, Any]:
+        # BatchNorm folding can give a bias-free conv a bias: record it for the skeleton.
+        return {**super().layer_spec(), "has_bias": self.bias is not None}
+
+    def _prepare(self) -> None:
+        mode, w_scale = self.scheme.mode, self._per_channel_scale()
+        self._fast, self._w_scale = True, w_scale
+        if mode is QuantMode.WEIGHT_ONLY:
+            self.kernel = "dequantize + bf16 conv (no fused weight-only int8 conv in torch)"
+            return
+        self.kernel = "onednn.qconv_pointwise (uint8 x int8)"
+        act = self.scheme.activation
+        if mode is QuantMode.STATIC:
+            self._codes = ActivationCodes(act, self.input_scale, self.input_zero_point)
+        if w_scale is None or self.qweight.dtype != torch.int8 or act.int_format.bits != 8:
+            self._fast = False
+            self._fallback("int8 conv takes 8-bit activations and symmetric per-channel weights")
+        elif not cpu.has_onednn_qconv():
+            self._fast = False
+            self._fallback("oneDNN int8 convolution is not in this torch build")
+        else:
+            self._packed = cpu.prepack_int8_conv(self.qweight, w_scale, self.stride, self.padding,
+                                                 self.dilation, self.groups)
+
+    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+        """uint8 codes of ``x`` with their (scale, zero point): calibrated, or from x's min/max.
+
+        A static int8 grid maps onto uint8 by adding 128 to codes and zero point alike, which
+        leaves ``q - z`` unchanged. Dynamic inputs get an asymmetric uint8 range of their own.
+        """
+        if self.scheme.mode is QuantMode.STATIC:
+            c = self._codes
+            scale, zp, lo, hi = c.scale, c.zero_point + 128, c.qmin + 128, c.qmax + 128
+        else:
+            lo_x, hi_x = torch.aminmax(x)
+            lo_v, hi_v = min(float(lo_x), 0.0), max(float(hi_x), 0.0)
+            scale = max((hi_v - lo_v) / 255.0, 1e-12)
+            zp, lo, hi = int(min(max(round(-lo_v / scale), 0), 255)), 0, 255
+        qx = torch.div(x, scale).round_().add_(zp).clamp_(lo, hi).to(torch.uint8)
+        return qx, scale, zp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != self.dims + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"QuantConv expects [batch, {self.in_channels}, *{self.dims} spatial dims] inputs, "
+                f"got shape {list(x.shape)}"
+            )
+        if self.scheme.mode is QuantMode.WEIGHT_ONLY:
+            w = self.dequantized_weight().to(torch.bfloat16)
+            b = None if self.bias is None else self.bias.to(torch.bfloat16)
+            y = _CONV_FN[self.dims](x.to(torch.bfloat16), w, b, self.stride, self.padding,
+                                    self.dilation, self.groups)
+            return y.to(x.dtype)
+        qx, scale, zp = self._quantize_input(x.float())
+        if self._fast:
+            y = cpu.int8_conv(qx, scale, zp, self._packed, self._w_scale, self.bias,
+                              self.stride, self.padding, self.dilation, self.groups)
+        else:
+            y = self._conv_reference(qx, scale, zp)
+        return y.to(x.dtype)
+
+    def _conv_reference(self, qx: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
+        """Exact integer convolution, then ``acc * s_x * s_w + b``: the oracle of the fast path."""
+        shape = [1, -1] + [1] * self.dims
+        if self._w_scale is None:  # general weight grids: convolve the dequantized values
+            xd = (qx.double() - zp) * scale
+            y = _CONV_FN[self.dims](xd, self.dequantized_weight().double(), None, self.stride,
+                                    self.padding, self.dilation, self.groups)
+        else:
+            acc = reference.int8_conv_ref(qx, zp, self.qweight, self.stride, self.padding,
+                                          self.dilation, self.groups)
+            y = acc * (self._w_scale.double() * scale).reshape(shape)
+        if self.bias is not None:
+            y = y + self.bias.double().reshape(shape)
+        return y.float()

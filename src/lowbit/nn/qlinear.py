@@ -1,0 +1,169 @@
+"""``QuantLinear``: an ``nn.Linear`` with integer weights running on integer kernels.
+
+Modes (from the scheme):
+
+* static  ``y = (acc - z_x * colsum(q_w)) * s_x * s_w + b``, ``acc = q_x @ q_w^T`` (int32)
+* dynamic ``y = acc * s_x[m] * s_w[n] + b`` with per-token ``s_x`` computed from each input
+* weight-only ``y = bf16(x) @ (q_w * s_w)^T + b`` on ``_weight_int8pack_mm``
+
+The static zero-point correction and the bias fold into one vector,
+``b' = b - z_x * s_x * s_w * colsum(q_w)``, so the epilogue is a single ``addcmul``.
+
+>>> lin = nn.Linear(64, 32)
+>>> q = QuantLinear.from_float(lin, get_preset("W8A8-dynamic"))
+>>> q.qweight.dtype, q(torch.randn(4, 64)).shape
+(torch.int8, torch.Size([4, 32]))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantMode, QuantScheme
+from lowbit.granularity import GranularityKind
+from lowbit.kernels import cpu
+from lowbit.nn.base import (
+    ActivationCodes,
+    QuantizedWeight,
+    QuantModule,
+    check_finite,
+    fake_quantize_dynamic,
+    placeholder_qparams as _placeholder_qparams,
+    quantize_weight,
+)
+
+__all__ = ["QuantLinear"]
+
+
+class QuantLinear(QuantModule):
+    """Integer-weight linear layer; build it with :meth:`from_float` (or :meth:`from_spec`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        scheme: QuantScheme,
+        qweight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
+        self._register_qweight(qweight)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        if scheme.mode is QuantMode.STATIC:
+            if input_qparams is None:
+                raise ValueError("a static scheme needs calibrated input_qparams=(scale, zero_point)")
+            self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
+            self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
+        self._prepare()
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        scheme: QuantScheme,
+        input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+        name: str = "linear",
+    ) -> QuantLinear:
+        """Quantize ``linear``'s weight; static schemes need ``input_qparams=(scale, zero_point)``."""
+        if linear.bias is not None:
+            check_finite(linear.bias, f"{name}.bias")
+        qweight = quantize_weight(linear.weight, scheme.weight, f"{name}.weight")
+        return cls(linear.in_features, linear.out_features, scheme, qweight, linear.bias,
+                   input_qparams)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any], float_module: nn.Linear) -> QuantLinear:
+        """An empty shell shaped like ``float_module``, to be filled by ``load_state_dict``."""
+        scheme = QuantScheme.from_dict(spec["scheme"])
+        n, k = float_module.out_features, float_module.in_features
+        bias = None if float_module.bias is None else torch.zeros(n)
+        qweight = quantize_weight(torch.zeros(n, k), scheme.weight, "weight")
+        return cls(k, n, scheme, qweight, bias, _placeholder_qparams(scheme))
+
+    # -- kernel selection ------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """Derive kernel-side data from the stored tensors and choose the kernel."""
+        mode, w_scale = self.scheme.mode, self._per_channel_scale()
+        int8_weights = self.qweight.dtype == torch.int8
+        self._fast = True
+        if mode is QuantMode.WEIGHT_ONLY:
+            self.kernel = "aten._weight_int8pack_mm (bf16 activations)"
+            if w_scale is None or not int8_weights or self.scheme.weight.int_format.bits != 8:
+                self._fast = False
+                self._fallback("weight-only kernel takes int8 per-channel symmetric weights")
+            elif not cpu.supports_weight_int8pack(self.in_features):
+                self._fast = False
+                self._fallback(f"in_features={self.in_features} is not a multiple of 16")
+            self._scale_bf16 = None if w_scale is None else w_scale.to(torch.bfloat16)
+            return
+        self.kernel = "aten._int_mm (int8 x int8 -> int32)"
+        if w_scale is None or not int8_weights:
+            self._fast = False
+            self._fallback("int8 GEMM takes one symmetric weight scale per output channel")
+        elif not cpu.has_int_mm():
+            self._fast = False
+            self._fallback("torch._int_mm is not available in this torch build")
+        self._w_scale = w_scale
+        act = self.scheme.activation
+        if mode is QuantMode.DYNAMIC:
+            self._per_token = act.granularity_value.kind is GranularityKind.PER_TOKEN
+            if self._fast and (act.format != "int8" or not act.symmetric):
+                self._fast = False
+                self._fallback("dynamic fast path takes symmetric int8 activations")
+        if mode is QuantMode.STATIC:
+            self._codes = ActivationCodes(self.scheme.activation, self.input_scale,
+                                          self.input_zero_point)
+            if not self._codes.fits_int8 and self._fast:
+                self._fast = False
+                self._fallback("activations wider than 8 bits")
+            if w_scale is not None:
+                out_scale = w_scale * self._codes.scale
+                colsum = self.qweight.to(torch.int64).sum(dim=1).float()
+                bias = torch.zeros_like(out_scale) if self.bias is None else self.bias
+                self._out_scale = out_scale
+                self._bias_eff = bias - self._codes.zero_point * out_scale * colsum
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if shape[-1] != self.in_features:
+            raise ValueError(
+                f"QuantLinear expects inputs with last dimension {self.in_features}, "
+                f"got shape {list(shape)}"
+            )
+        x2 = x.reshape(-1, self.in_features)
+        if not self._fast:
+            y = self._forward_reference(x2)
+        elif self.scheme.mode is QuantMode.WEIGHT_ONLY:
+            y = cpu.weight_int8_matmul(x2, self.qweight, self._scale_bf16)
+            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
+        elif self.scheme.mode is QuantMode.DYNAMIC:
+            qx, sx = cpu.quantize_dynamic_int8(x2, self._per_token)
+            acc = cpu.int8_matmul(qx, self.qweight)
+            y = acc.to(torch.float32).mul_(sx)
+            y = torch.addcmul(self.bias, y, self._w_scale, out=y) if self.bias is not None \
+                else y.mul_(self._w_scale)
+        else:
+            acc = cpu.int8_matmul(self._codes(x2.float()), self.qweight)
+            y = acc.to(torch.float32)
+            y = torch.addcmul(self._bias_eff, y, self._out_scale, out=y)
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _forward_reference(self, x2: torch.Tensor) -> torch.Tensor:
+        """The numerical oracle: exact integer accumulation where activations are integers."""
+        mode, x2 = self.scheme.mode, x2.float()
+        w = self.dequantized_weight()
+        if mode is QuantMode.WEIGHT_ONLY:  # bf16 activations, as the fast kernel sees them
+            return nn.functional.linear(x2.to(torch.bfloat16).float(), w, self.bias)
+        if mode is QuantMode.DYNAMIC:
+            xd = fake_quantize_dynamic(x2, self.scheme.activation)
+        else:
+            c = self._codes
+            xd = (c(x2).float() - c.zero_point) * c.scale
+        return nn.functional.linear(xd.double(), w.double(),
+                                    None if self.bias is None else self.bias.double()).float()

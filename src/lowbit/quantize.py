@@ -1,0 +1,161 @@
+"""``lowbit.quantize``: post-training quantization of a float model in one call.
+
+>>> qmodel = lowbit.quantize(model, "W8A8", calibration=batches)         # static, calibrated
+>>> qmodel = lowbit.quantize(model, "W8A8-dynamic", exclude=["classifier"])
+
+Steps: validate the model (no NaN/Inf), copy it (unless ``inplace``), fold BatchNorm into convs,
+pick a scheme per layer (include/exclude/overrides), calibrate static activation ranges, then swap
+each ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` for its quantized twin. Layers that cannot be
+quantized stay float and the reason is logged and kept in ``model.lowbit_record.skipped``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.calibrate import collect_input_ranges
+from lowbit.config import QuantConfig, QuantMode, QuantScheme
+from lowbit.errors import ConfigError, InvalidModelError
+from lowbit.nn import is_quantizable, layer_class, unsupported_reason
+from lowbit.nn.base import check_finite, static_input_qparams
+from lowbit.presets import get_preset
+from lowbit.targeting import scheme_for
+from lowbit.transforms.bn_fold import _set, fold_batchnorm_
+
+__all__ = ["quantize", "resolve_config", "QuantizationRecord"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizationRecord:
+    """What ``quantize`` did to a model; kept on it as ``model.lowbit_record`` and saved with it."""
+
+    config: QuantConfig
+    folded: list[dict[str, Any]] = field(default_factory=list)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _as_scheme(value: str | QuantScheme) -> QuantScheme:
+    if isinstance(value, QuantScheme):
+        return value
+    if isinstance(value, str):
+        return get_preset(value)
+    raise ConfigError(f"a scheme is a preset name or a QuantScheme, got {type(value).__name__}")
+
+
+def resolve_config(
+    scheme: str | QuantScheme | QuantConfig,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    overrides: Mapping[str, str | QuantScheme | None] | None = None,
+) -> QuantConfig:
+    """Merge the ``quantize`` arguments into one :class:`QuantConfig`.
+
+    An override whose value is ``None`` keeps the matching layers in float.
+    """
+    config = scheme if isinstance(scheme, QuantConfig) else QuantConfig(_as_scheme(scheme))
+    extra_exclude = [p for p, s in (overrides or {}).items() if s is None]
+    extra_overrides = [(p, _as_scheme(s)) for p, s in (overrides or {}).items() if s is not None]
+    if isinstance(include, str) or isinstance(exclude, str):
+        include = [include] if isinstance(include, str) else include
+        exclude = [exclude] if isinstance(exclude, str) else exclude
+    return config.replace(
+        include=tuple(include) if include is not None else config.include,
+        exclude=config.exclude + tuple(exclude or ()) + tuple(extra_exclude),
+        overrides=tuple(extra_overrides) + config.overrides,
+    )
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise InvalidModelError(f"lowbit.quantize takes a torch.nn.Module, got {type(model).__name__}")
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        check_finite(tensor.detach(), f"parameter {name!r}")
+
+
+def _plan(model: nn.Module, config: QuantConfig, record: QuantizationRecord) -> dict[str, Any]:
+    """``{name: (module, scheme)}`` for the layers to quantize; reasons for the others."""
+    plan = {}
+    for name, module in model.named_modules():
+        if not is_quantizable(module) and unsupported_reason(module) is None:
+            continue
+        scheme = scheme_for(name, config)
+        reason = unsupported_reason(module)
+        if scheme is None:
+            record.skipped[name] = "excluded by include/exclude patterns"
+        elif reason is not None:
+            record.skipped[name] = reason
+            log.info("keeping %s in float: %s", name, reason)
+        else:
+            plan[name] = (module, scheme)
+    return plan
+
+
+def quantize(
+    model: nn.Module,
+    scheme: str | QuantScheme | QuantConfig,
+    *,
+    calibration: Any = None,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    overrides: Mapping[str, str | QuantScheme | None] | None = None,
+    inplace: bool = False,
+    progress: bool | None = None,
+) -> nn.Module:
+    """Quantize ``model`` and return it (a copy unless ``inplace``).
+
+    Args:
+        model: a float ``nn.Module``.
+        scheme: a preset (``"W8A8"``, ``"W8A8-dynamic"``, ``"W8A16"``, ``"FP16"``, ``"BF16"``), a
+            :class:`QuantScheme` or a full :class:`QuantConfig`.
+        calibration: batches for static schemes (tensors, tuples of args, or dicts of kwargs).
+        include / exclude: glob patterns of module names to quantize / keep in float.
+        overrides: ``{pattern: scheme}`` per-layer schemes (mixed precision); ``None`` = float.
+        inplace: modify ``model`` itself instead of a copy.
+        progress: show a progress bar while calibrating (default: when attached to a terminal).
+    """
+    config = resolve_config(scheme, include, exclude, overrides)
+    _check_model(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    record = QuantizationRecord(config=config)
+    if config.fold_batchnorm:
+        record.folded = fold_batchnorm_(model)
+    plan = _plan(model, config, record)
+    ranges = _calibrate(model, plan, calibration, progress)
+    for name, (module, layer_scheme) in plan.items():
+        qparams = None
+        if layer_scheme.mode is QuantMode.STATIC:
+            if name not in ranges:
+                record.skipped[name] = "no calibration batch reached this layer"
+                log.warning("keeping %s in float: no calibration batch reached it", name)
+                continue
+            qparams = static_input_qparams(layer_scheme.activation, *ranges[name])
+        qmodule = layer_class(module, layer_scheme).from_float(module, layer_scheme, qparams, name)
+        if name:
+            _set(model, name, qmodule)
+        else:  # the model is itself a single layer
+            model = qmodule
+        record.layers[name] = qmodule.layer_spec()
+    if not record.layers:
+        log.warning("no layer was quantized (skipped: %s)", record.skipped or "none found")
+    model.lowbit_record = record
+    return model
+
+
+def _calibrate(model: nn.Module, plan: dict[str, Any], calibration: Any,
+               progress: bool | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    targets = {n: (m, s.activation) for n, (m, s) in plan.items() if s.mode is QuantMode.STATIC}
+    if not targets:
+        return {}
+    return collect_input_ranges(model, targets, calibration, progress=progress)

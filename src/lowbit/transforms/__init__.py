@@ -1,0 +1,1 @@
+"""Model rewrites applied before quantization (BatchNorm folding, ...)."""
