@@ -55,15 +55,25 @@ def iter_batches(calibration: Any) -> Iterator[tuple[tuple, dict]]:
             )
 
 
-def run_model(model: nn.Module, calibration: Any, desc: str = "calibrating",
-              progress: bool | None = None) -> int:
+def run_model(
+    model: nn.Module, calibration: Any, desc: str = "calibrating", progress: bool | None = None
+) -> int:
     """Run ``model`` on every calibration batch without gradients; returns the batch count."""
-    total = len(calibration) if hasattr(calibration, "__len__") and not isinstance(
-        calibration, torch.Tensor | dict) else None
+    total = (
+        len(calibration)
+        if hasattr(calibration, "__len__") and not isinstance(calibration, torch.Tensor | dict)
+        else None
+    )
     count = 0
     with torch.no_grad():
-        bar = tqdm(iter_batches(calibration), desc=desc, total=total, unit="batch",
-                   disable=(not progress) if progress is not None else None, leave=False)
+        bar = tqdm(
+            iter_batches(calibration),
+            desc=desc,
+            total=total,
+            unit="batch",
+            disable=(not progress) if progress is not None else None,
+            leave=False,
+        )
         for args, kwargs in bar:
             try:
                 model(*args, **kwargs)
@@ -118,6 +128,11 @@ def collect_input_ranges(
     ranges = {}
     for name, (_module, spec) in targets.items():
         if name in observers:
-            ranges[name] = solve_range(observers[name], spec.range_method, spec.int_format,
-                                       spec.symmetric, percentile=spec.percentile)
+            ranges[name] = solve_range(
+                observers[name],
+                spec.range_method,
+                spec.int_format,
+                spec.symmetric,
+                percentile=spec.percentile,
+            )
     return ranges

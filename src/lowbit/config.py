@@ -66,7 +66,9 @@ class TensorQuantSpec:
             object.__setattr__(self, "range_method", RangeMethod(self.range_method))
         except ValueError:
             choices = ", ".join(m.value for m in RangeMethod)
-            raise ConfigError(f"unknown range_method {self.range_method!r}; use {choices}") from None
+            raise ConfigError(
+                f"unknown range_method {self.range_method!r}; use {choices}"
+            ) from None
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
 
@@ -123,7 +125,9 @@ class QuantScheme:
         ):
             raise ConfigError("dynamic activations are per_token or per_tensor")
         if self.compute_dtype not in (None, "fp16", "bf16", "fp32"):
-            raise ConfigError(f"compute_dtype must be fp16, bf16 or fp32, got {self.compute_dtype!r}")
+            raise ConfigError(
+                f"compute_dtype must be fp16, bf16 or fp32, got {self.compute_dtype!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -164,7 +168,9 @@ class QuantConfig:
             object.__setattr__(self, name, tuple(value or ()))
         pairs = []
         for item in self.overrides or ():
-            pattern, scheme = item if not isinstance(item, dict) else (item["pattern"], item["scheme"])
+            pattern, scheme = (
+                item if not isinstance(item, dict) else (item["pattern"], item["scheme"])
+            )
             if isinstance(scheme, dict):
                 scheme = QuantScheme.from_dict(scheme)
             pairs.append((str(pattern), scheme))
@@ -224,4 +230,3 @@ def _from_plain(cls: type, data: dict[str, Any]) -> Any:
         return cls(**data)
     except TypeError as exc:
         raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
-

@@ -75,7 +75,9 @@ class FloatFormat:
 
     def __post_init__(self) -> None:
         if self.name not in _FLOATS:
-            raise ConfigError(f"unknown float format {self.name!r}; choose one of {sorted(_FLOATS)}")
+            raise ConfigError(
+                f"unknown float format {self.name!r}; choose one of {sorted(_FLOATS)}"
+            )
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -38,7 +38,9 @@ _EPS = torch.finfo(torch.float32).eps
 
 def _check_blocks(shape: torch.Size, block_size: tuple[int, ...]) -> None:
     if len(block_size) != len(shape):
-        raise ConfigError(f"block_size {block_size} has {len(block_size)} dims, tensor has {len(shape)}")
+        raise ConfigError(
+            f"block_size {block_size} has {len(block_size)} dims, tensor has {len(shape)}"
+        )
     for s, b in zip(shape, block_size, strict=True):
         if b < 1 or s % b:
             raise ConfigError(f"block_size {tuple(block_size)} does not tile shape {list(shape)}")

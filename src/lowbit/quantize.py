@@ -77,7 +77,9 @@ def resolve_config(
 
 def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
-        raise InvalidModelError(f"lowbit.quantize takes a torch.nn.Module, got {type(model).__name__}")
+        raise InvalidModelError(
+            f"lowbit.quantize takes a torch.nn.Module, got {type(model).__name__}"
+        )
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         check_finite(tensor.detach(), f"parameter {name!r}")
 
@@ -153,8 +155,9 @@ def quantize(
     return model
 
 
-def _calibrate(model: nn.Module, plan: dict[str, Any], calibration: Any,
-               progress: bool | None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _calibrate(
+    model: nn.Module, plan: dict[str, Any], calibration: Any, progress: bool | None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     targets = {n: (m, s.activation) for n, (m, s) in plan.items() if s.mode is QuantMode.STATIC}
     if not targets:
         return {}

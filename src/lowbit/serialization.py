@@ -51,8 +51,17 @@ def _dedup(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dic
     seen: dict[tuple, str] = {}
     tensors, aliases = {}, {}
     for key, t in state.items():
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                 tuple(t.stride()), t.dtype) if t.numel() else None
+        ident = (
+            (
+                t.untyped_storage().data_ptr(),
+                t.storage_offset(),
+                tuple(t.shape),
+                tuple(t.stride()),
+                t.dtype,
+            )
+            if t.numel()
+            else None
+        )
         if ident is not None and ident in seen:
             aliases[key] = seen[ident]
             continue
@@ -179,6 +188,9 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     model.eval()
     if meta.get("config") is not None:
         model.lowbit_record = QuantizationRecord(
-            config=QuantConfig.from_dict(meta["config"]), folded=meta["folded"],
-            layers=meta["layers"], skipped=meta["skipped"])
+            config=QuantConfig.from_dict(meta["config"]),
+            folded=meta["folded"],
+            layers=meta["layers"],
+            skipped=meta["skipped"],
+        )
     return model

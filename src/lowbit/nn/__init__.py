@@ -10,8 +10,16 @@ from lowbit.nn.cast import CastLayer
 from lowbit.nn.qconv import QuantConv
 from lowbit.nn.qlinear import QuantLinear
 
-__all__ = ["QuantModule", "QuantLinear", "QuantConv", "CastLayer", "LAYER_TYPES", "layer_class", "is_quantizable",
-           "unsupported_reason"]
+__all__ = [
+    "QuantModule",
+    "QuantLinear",
+    "QuantConv",
+    "CastLayer",
+    "LAYER_TYPES",
+    "layer_class",
+    "is_quantizable",
+    "unsupported_reason",
+]
 
 # Quantized class by type name, as written in a saved artifact's layer specs.
 LAYER_TYPES: dict[str, type[QuantModule]] = {

@@ -108,8 +108,11 @@ class QuantModule(nn.Module):
     def _fallback(self, reason: str) -> None:
         """Use the reference path, loudly: a warning now and the reason in ``self.kernel``."""
         self.kernel = f"reference ({reason})"
-        warnings.warn(f"{type(self).__name__}: no fast kernel, using the reference path: {reason}",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"{type(self).__name__}: no fast kernel, using the reference path: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def static_input_qparams(

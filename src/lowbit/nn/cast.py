@@ -43,14 +43,17 @@ class CastLayer(QuantModule):
             self.dims = module.weight.dim() - 2
         self.weight = nn.Parameter(module.weight.detach().to(self.dtype), requires_grad=False)
         b = module.bias
-        self.bias = None if b is None else nn.Parameter(b.detach().to(self.dtype), requires_grad=False)
+        self.bias = (
+            None if b is None else nn.Parameter(b.detach().to(self.dtype), requires_grad=False)
+        )
         self.kernel = f"{scheme.compute_dtype} {'matmul' if self.is_linear else 'conv'}"
         if self.dtype is torch.float16:
             self.kernel = "fp16 GEMV for <=4 rows, else fp32 compute on upcast weights"
 
     @classmethod
-    def from_float(cls, module: nn.Module, scheme: QuantScheme, input_qparams=None,
-                   name: str = "layer") -> CastLayer:
+    def from_float(
+        cls, module: nn.Module, scheme: QuantScheme, input_qparams=None, name: str = "layer"
+    ) -> CastLayer:
         check_finite(module.weight, f"{name}.weight")
         return cls(module, scheme)
 

@@ -57,7 +57,9 @@ class QuantConv(QuantModule):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         if scheme.mode is QuantMode.STATIC:
             if input_qparams is None:
-                raise ValueError("a static scheme needs calibrated input_qparams=(scale, zero_point)")
+                raise ValueError(
+                    "a static scheme needs calibrated input_qparams=(scale, zero_point)"
+                )
             self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
             self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
         self._prepare()
@@ -107,8 +109,9 @@ class QuantConv(QuantModule):
             self._fast = False
             self._fallback("oneDNN int8 convolution is not in this torch build")
         else:
-            self._packed = cpu.prepack_int8_conv(self.qweight, w_scale, self.stride, self.padding,
-                                                 self.dilation, self.groups)
+            self._packed = cpu.prepack_int8_conv(
+                self.qweight, w_scale, self.stride, self.padding, self.dilation, self.groups
+            )
 
     def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         """uint8 codes of ``x`` with their (scale, zero point): calibrated, or from x's min/max.
@@ -136,13 +139,24 @@ class QuantConv(QuantModule):
         if self.scheme.mode is QuantMode.WEIGHT_ONLY:
             w = self.dequantized_weight().to(torch.bfloat16)
             b = None if self.bias is None else self.bias.to(torch.bfloat16)
-            y = _CONV_FN[self.dims](x.to(torch.bfloat16), w, b, self.stride, self.padding,
-                                    self.dilation, self.groups)
+            y = _CONV_FN[self.dims](
+                x.to(torch.bfloat16), w, b, self.stride, self.padding, self.dilation, self.groups
+            )
             return y.to(x.dtype)
         qx, scale, zp = self._quantize_input(x.float())
         if self._fast:
-            y = cpu.int8_conv(qx, scale, zp, self._packed, self._w_scale, self.bias,
-                              self.stride, self.padding, self.dilation, self.groups)
+            y = cpu.int8_conv(
+                qx,
+                scale,
+                zp,
+                self._packed,
+                self._w_scale,
+                self.bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+            )
         else:
             y = self._conv_reference(qx, scale, zp)
         return y.to(x.dtype)
@@ -152,11 +166,19 @@ class QuantConv(QuantModule):
         shape = [1, -1] + [1] * self.dims
         if self._w_scale is None:  # general weight grids: convolve the dequantized values
             xd = (qx.double() - zp) * scale
-            y = _CONV_FN[self.dims](xd, self.dequantized_weight().double(), None, self.stride,
-                                    self.padding, self.dilation, self.groups)
+            y = _CONV_FN[self.dims](
+                xd,
+                self.dequantized_weight().double(),
+                None,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+            )
         else:
-            acc = reference.int8_conv_ref(qx, zp, self.qweight, self.stride, self.padding,
-                                          self.dilation, self.groups)
+            acc = reference.int8_conv_ref(
+                qx, zp, self.qweight, self.stride, self.padding, self.dilation, self.groups
+            )
             y = acc * (self._w_scale.double() * scale).reshape(shape)
         if self.bias is not None:
             y = y + self.bias.double().reshape(shape)

@@ -31,8 +31,10 @@ from lowbit.nn.base import (
     QuantModule,
     check_finite,
     fake_quantize_dynamic,
-    placeholder_qparams as _placeholder_qparams,
     quantize_weight,
+)
+from lowbit.nn.base import (
+    placeholder_qparams as _placeholder_qparams,
 )
 
 __all__ = ["QuantLinear"]
@@ -56,7 +58,9 @@ class QuantLinear(QuantModule):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         if scheme.mode is QuantMode.STATIC:
             if input_qparams is None:
-                raise ValueError("a static scheme needs calibrated input_qparams=(scale, zero_point)")
+                raise ValueError(
+                    "a static scheme needs calibrated input_qparams=(scale, zero_point)"
+                )
             self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
             self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
         self._prepare()
@@ -73,8 +77,9 @@ class QuantLinear(QuantModule):
         if linear.bias is not None:
             check_finite(linear.bias, f"{name}.bias")
         qweight = quantize_weight(linear.weight, scheme.weight, f"{name}.weight")
-        return cls(linear.in_features, linear.out_features, scheme, qweight, linear.bias,
-                   input_qparams)
+        return cls(
+            linear.in_features, linear.out_features, scheme, qweight, linear.bias, input_qparams
+        )
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], float_module: nn.Linear) -> QuantLinear:
@@ -116,8 +121,9 @@ class QuantLinear(QuantModule):
                 self._fast = False
                 self._fallback("dynamic fast path takes symmetric int8 activations")
         if mode is QuantMode.STATIC:
-            self._codes = ActivationCodes(self.scheme.activation, self.input_scale,
-                                          self.input_zero_point)
+            self._codes = ActivationCodes(
+                self.scheme.activation, self.input_scale, self.input_zero_point
+            )
             if not self._codes.fits_int8 and self._fast:
                 self._fast = False
                 self._fallback("activations wider than 8 bits")
@@ -146,8 +152,11 @@ class QuantLinear(QuantModule):
             qx, sx = cpu.quantize_dynamic_int8(x2, self._per_token)
             acc = cpu.int8_matmul(qx, self.qweight)
             y = acc.to(torch.float32).mul_(sx)
-            y = torch.addcmul(self.bias, y, self._w_scale, out=y) if self.bias is not None \
+            y = (
+                torch.addcmul(self.bias, y, self._w_scale, out=y)
+                if self.bias is not None
                 else y.mul_(self._w_scale)
+            )
         else:
             acc = cpu.int8_matmul(self._codes(x2.float()), self.qweight)
             y = acc.to(torch.float32)
@@ -165,5 +174,6 @@ class QuantLinear(QuantModule):
         else:
             c = self._codes
             xd = (c(x2).float() - c.zero_point) * c.scale
-        return nn.functional.linear(xd.double(), w.double(),
-                                    None if self.bias is None else self.bias.double()).float()
+        return nn.functional.linear(
+            xd.double(), w.double(), None if self.bias is None else self.bias.double()
+        ).float()

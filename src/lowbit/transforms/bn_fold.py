@@ -105,7 +105,9 @@ def fold_pair_(conv: nn.Conv1d | nn.Conv2d, bn: nn.BatchNorm1d | nn.BatchNorm2d)
     added = conv.bias is None
     bias = torch.zeros_like(inv_std) if added else conv.bias.float()
     new_bias = (bias - bn.running_mean.float()) * factor + beta
-    conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+    conv.bias = nn.Parameter(
+        new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad
+    )
     return added
 
 

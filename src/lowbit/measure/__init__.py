@@ -1,0 +1,13 @@
+"""Measurement: latency, accuracy and fidelity, and plain-text tables of the results."""
+
+from lowbit.measure.accuracy import cosine_similarity, top1_accuracy
+from lowbit.measure.latency import LatencyResult, measure_latency
+from lowbit.measure.table import format_table
+
+__all__ = [
+    "LatencyResult",
+    "measure_latency",
+    "top1_accuracy",
+    "cosine_similarity",
+    "format_table",
+]
