@@ -100,7 +100,11 @@ class QuantScheme:
     compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mode", QuantMode(self.mode))
+        try:
+            object.__setattr__(self, "mode", QuantMode(self.mode))
+        except ValueError:
+            choices = ", ".join(m.value for m in QuantMode)
+            raise ConfigError(f"unknown mode {self.mode!r}; use one of {choices}") from None
         if isinstance(self.weight, dict):
             object.__setattr__(self, "weight", TensorQuantSpec(**self.weight))
         if isinstance(self.activation, dict):
@@ -200,14 +204,22 @@ class QuantConfig:
 
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not a valid JSON config: {exc}") from None
+        return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_yaml(cls, text: str) -> QuantConfig:
-        return cls.from_dict(yaml.safe_load(text))
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not a valid YAML config: {exc}") from None
+        return cls.from_dict(data)
 
 
 def _to_plain(obj: Any) -> Any:

@@ -57,8 +57,9 @@ def get_preset(name: str) -> QuantScheme:
     scheme = by_key.get(name.strip().lower())
     if scheme is not None:
         return scheme
-    close = difflib.get_close_matches(name, list(PRESETS), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    lowered = {k.lower(): k for k in PRESETS}
+    close = difflib.get_close_matches(name.strip().lower(), list(lowered), n=1, cutoff=0.5)
+    hint = f" Did you mean {lowered[close[0]]!r}?" if close else ""
     raise UnknownPresetError(
         f"unknown preset {name!r}.{hint} Known presets: {', '.join(preset_names())}; "
         "or pass a lowbit.QuantScheme / QuantConfig for a custom scheme."

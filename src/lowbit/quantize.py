@@ -87,7 +87,7 @@ def _check_model(model: Any) -> None:
 def _plan(model: nn.Module, config: QuantConfig, record: QuantizationRecord) -> dict[str, Any]:
     """``{name: (module, scheme)}`` for the layers to quantize; reasons for the others."""
     plan = {}
-    for name, module in model.named_modules():
+    for name, module in model.named_modules(remove_duplicate=False):
         if not is_quantizable(module) and unsupported_reason(module) is None:
             continue
         scheme = scheme_for(name, config)
@@ -135,7 +135,12 @@ def quantize(
         record.folded = fold_batchnorm_(model)
     plan = _plan(model, config, record)
     ranges = _calibrate(model, plan, calibration, progress)
+    done: dict[int, nn.Module] = {}  # a layer registered under several names is quantized once
     for name, (module, layer_scheme) in plan.items():
+        if id(module) in done:
+            _set(model, name, done[id(module)])
+            record.layers[name] = done[id(module)].layer_spec()
+            continue
         qparams = None
         if layer_scheme.mode is QuantMode.STATIC:
             if name not in ranges:
@@ -144,6 +149,7 @@ def quantize(
                 continue
             qparams = static_input_qparams(layer_scheme.activation, *ranges[name])
         qmodule = layer_class(module, layer_scheme).from_float(module, layer_scheme, qparams, name)
+        done[id(module)] = qmodule
         if name:
             _set(model, name, qmodule)
         else:  # the model is itself a single layer

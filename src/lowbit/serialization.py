@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lowbit.config import QuantConfig
-from lowbit.errors import ArtifactError
+from lowbit.errors import ArtifactError, ConfigError
 from lowbit.nn import LAYER_TYPES
 from lowbit.quantize import QuantizationRecord
 from lowbit.transforms.bn_fold import _set, apply_folds_
@@ -137,6 +137,11 @@ def _read_meta(root: Path) -> dict[str, Any]:
     for key, kind in (("layers", dict), ("folded", list), ("aliases", dict), ("skipped", dict)):
         if not isinstance(meta.get(key), kind):
             raise ArtifactError(f"{meta_path}: entry {key!r} is missing or malformed")
+    if meta.get("config") is not None:
+        try:
+            meta["config"] = QuantConfig.from_dict(meta["config"])
+        except (ConfigError, TypeError, AttributeError) as exc:
+            raise ArtifactError(f"{meta_path}: the stored config is invalid ({exc})") from None
     if _sha256(tensor_path) != meta.get("tensors_sha256"):
         raise ArtifactError(
             f"{tensor_path} is corrupted: its SHA-256 does not match the one recorded at save "
@@ -152,7 +157,8 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]) -> None:
         for name, spec in meta["layers"].items():
             cls = LAYER_TYPES.get(spec.get("type")) if isinstance(spec, dict) else None
             if cls is None:
-                raise ArtifactError(f"layer {name!r} has unknown type {spec!r}")
+                kind = spec.get("type") if isinstance(spec, dict) else spec
+                raise ArtifactError(f"layer {name!r} has unknown type {kind!r}")
             float_module = model.get_submodule(name) if name else model
             shell = cls.from_spec(spec, float_module)
             if not name:
@@ -188,7 +194,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     model.eval()
     if meta.get("config") is not None:
         model.lowbit_record = QuantizationRecord(
-            config=QuantConfig.from_dict(meta["config"]),
+            config=meta["config"],
             folded=meta["folded"],
             layers=meta["layers"],
             skipped=meta["skipped"],

@@ -20,7 +20,7 @@ import functools
 
 import torch
 
-from lowbit.kernels import reference
+from lowbit.kernels import fused, reference
 
 __all__ = [
     "has_int_mm",
@@ -28,6 +28,8 @@ __all__ = [
     "supports_weight_int8pack",
     "quantize_dynamic_int8",
     "int8_matmul",
+    "dequantize_accumulator",
+    "quantize_static_int8",
     "weight_int8_matmul",
     "prepack_int8_conv",
     "int8_conv",
@@ -67,11 +69,46 @@ def quantize_dynamic_int8(
     ``per_token``: one scale per row (``[M, 1]``), else one for the tensor (``[1, 1]``). No clamp is
     needed: ``|x / s| <= 127`` by construction. All-zero rows get a tiny scale.
     """
-    x = x.float()
-    amax = x.abs().amax(dim=-1, keepdim=True) if per_token else x.abs().amax().reshape(1, 1)
-    scale = amax.clamp_(min=1e-12).div_(127.0)
-    q = torch.div(x, scale).round_().to(torch.int8)
-    return q, scale
+    fn = fused.quantize_per_token if per_token else fused.quantize_per_tensor
+    return fused.fused(fn, x.shape[0])(x.float())
+
+
+def quantize_static_int8(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
+    """``q = clamp(round(x / s) + z, qmin, qmax)`` as int8 for a 2-D ``x``."""
+    return fused.fused(fused.quantize_static, x.shape[0])(x.float(), scale, zero_point, qmin, qmax)
+
+
+def dequantize_accumulator(
+    acc: torch.Tensor,
+    row_scale: torch.Tensor | None,
+    col_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``y = acc * row_scale * col_scale + bias`` (float32) from the int32 accumulator.
+
+    Large outputs use one fused kernel. Small ones run eagerly *over the accumulator's own
+    memory*: int32 and float32 have the same size and element i is read before it is written,
+    so no second [M, N] buffer is allocated.
+    """
+    rows = acc.shape[0]
+    if rows >= fused.FUSED_MIN_ROWS:
+        row = row_scale if row_scale is not None else _ONE
+        if bias is None:
+            return fused.fused(fused.dequantize_nobias, rows)(acc, row, col_scale)
+        return fused.fused(fused.dequantize, rows)(acc, row, col_scale, bias)
+    y = acc.view(torch.float32)
+    if row_scale is not None:
+        torch.mul(acc, row_scale, out=y)
+    else:
+        y.copy_(acc)
+    if bias is None:
+        return y.mul_(col_scale)
+    return torch.addcmul(bias, y, col_scale, out=y)
+
+
+_ONE = torch.ones(1, 1)
 
 
 def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.Tensor:

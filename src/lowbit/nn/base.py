@@ -17,6 +17,7 @@ from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.errors import InvalidModelError
+from lowbit.kernels import cpu
 from lowbit.primitives import block_minmax, choose_qparams, dequantize, quantize
 
 __all__ = [
@@ -138,10 +139,17 @@ class ActivationCodes:
         self.scale = float(scale)
         self.zero_point = int(zero_point) - self.offset
         self.qmin, self.qmax = fmt.qmin - self.offset, fmt.qmax - self.offset
+        # 0-d tensors for the fused kernel (one compiled kernel serves every layer)
+        self._scale_t = torch.tensor(self.scale)
+        self._zp_t = torch.tensor(float(self.zero_point))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        q = torch.div(x, self.scale).round_().add_(self.zero_point)
-        return q.clamp_(self.qmin, self.qmax).to(torch.int8 if self.fits_int8 else torch.int32)
+        if not self.fits_int8:
+            q = torch.div(x, self.scale).round_().add_(self.zero_point)
+            return q.clamp_(self.qmin, self.qmax).to(torch.int32)
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        q = cpu.quantize_static_int8(x2, self._scale_t, self._zp_t, self.qmin, self.qmax)
+        return q.reshape(x.shape)
 
 
 def placeholder_qparams(scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from lowbit.config import QuantScheme
 from lowbit.formats import get_format
+from lowbit.errors import InvalidModelError
 from lowbit.nn.base import QuantModule, check_finite
 
 __all__ = ["CastLayer"]
@@ -46,6 +47,7 @@ class CastLayer(QuantModule):
         self.bias = (
             None if b is None else nn.Parameter(b.detach().to(self.dtype), requires_grad=False)
         )
+        self.in_features = module.weight.shape[1] * (1 if self.is_linear else module.groups)
         self.kernel = f"{scheme.compute_dtype} {'matmul' if self.is_linear else 'conv'}"
         if self.dtype is torch.float16:
             self.kernel = "fp16 GEMV for <=4 rows, else fp32 compute on upcast weights"
@@ -55,7 +57,18 @@ class CastLayer(QuantModule):
         cls, module: nn.Module, scheme: QuantScheme, input_qparams=None, name: str = "layer"
     ) -> CastLayer:
         check_finite(module.weight, f"{name}.weight")
-        return cls(module, scheme)
+        if module.bias is not None:
+            check_finite(module.bias, f"{name}.bias")
+        layer = cls(module, scheme)
+        # fp16 tops out at 65504: a larger weight would silently become inf.
+        for what, t in (("weight", layer.weight), ("bias", layer.bias)):
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise InvalidModelError(
+                    f"{name}.{what} has values outside the {scheme.compute_dtype} range "
+                    f"(max |value| {float(getattr(module, what).detach().abs().max()):.3g}); use BF16 "
+                    "or keep this layer in float with exclude=[...]"
+                )
+        return layer
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], float_module: nn.Module) -> CastLayer:
@@ -68,6 +81,16 @@ class CastLayer(QuantModule):
         return torch.float16 if rows <= _FP16_NATIVE_MAX_ROWS else torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_linear and x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"CastLayer expects inputs with last dimension {self.in_features}, "
+                f"got shape {list(x.shape)}"
+            )
+        if not self.is_linear and (x.dim() != self.dims + 2 or x.shape[1] != self.in_features):
+            raise ValueError(
+                f"CastLayer expects [batch, {self.in_features}, *{self.dims} spatial "
+                f"dims] inputs, got shape {list(x.shape)}"
+            )
         cd = self._compute_dtype(x)
         w = self.weight.to(cd)
         b = None if self.bias is None else self.bias.to(cd)

@@ -1,7 +1,9 @@
 """``QuantConv``: ``nn.Conv1d``/``nn.Conv2d`` (grouped and depthwise too) with int8 weights.
 
 * static / dynamic: activations become uint8 codes with one scale and zero point per input tensor
-  (calibrated, or computed from each input), and the convolution runs on oneDNN's int8 kernel:
+  (calibrated, or computed from each input: dynamic convs always use an asymmetric 8-bit range,
+  whatever the scheme's per-token setting, since a conv has no tokens), and the convolution runs
+  on oneDNN's int8 kernel:
   ``y = conv((q_x - z_x) * s_x, q_w * s_w) + b`` with one weight scale per output channel.
 * weight-only: there is no fused int8-weight/float-activation convolution in torch, so the weight is
   dequantized on each call and the convolution runs in bf16 (``kernel`` says so).
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -26,6 +29,7 @@ from lowbit.nn.base import (
     QuantizedWeight,
     QuantModule,
     check_finite,
+    fake_quantize_dynamic,
     placeholder_qparams,
     quantize_weight,
 )
@@ -143,6 +147,8 @@ class QuantConv(QuantModule):
                 x.to(torch.bfloat16), w, b, self.stride, self.padding, self.dilation, self.groups
             )
             return y.to(x.dtype)
+        if self.scheme.activation.int_format.bits != 8:
+            return self._forward_general(x.float()).to(x.dtype)
         qx, scale, zp = self._quantize_input(x.float())
         if self._fast:
             y = cpu.int8_conv(
@@ -160,6 +166,21 @@ class QuantConv(QuantModule):
         else:
             y = self._conv_reference(qx, scale, zp)
         return y.to(x.dtype)
+
+    def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations of widths other than 8 bits: quantize-dequantize them as the spec says
+        (dynamic: one range per input tensor), then convolve in float64 (no fast kernel)."""
+        if self.scheme.mode is QuantMode.STATIC:
+            c = self._codes
+            xd = (c(x).double() - c.zero_point) * c.scale
+        else:
+            spec = dataclasses.replace(self.scheme.activation, granularity="per_tensor")
+            xd = fake_quantize_dynamic(x, spec).double()
+        b = None if self.bias is None else self.bias.double()
+        w = self.dequantized_weight().double()
+        return _CONV_FN[self.dims](
+            xd, w, b, self.stride, self.padding, self.dilation, self.groups
+        ).float()
 
     def _conv_reference(self, qx: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
         """Exact integer convolution, then ``acc * s_x * s_w + b``: the oracle of the fast path."""

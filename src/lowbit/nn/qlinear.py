@@ -151,16 +151,10 @@ class QuantLinear(QuantModule):
         elif self.scheme.mode is QuantMode.DYNAMIC:
             qx, sx = cpu.quantize_dynamic_int8(x2, self._per_token)
             acc = cpu.int8_matmul(qx, self.qweight)
-            y = acc.to(torch.float32).mul_(sx)
-            y = (
-                torch.addcmul(self.bias, y, self._w_scale, out=y)
-                if self.bias is not None
-                else y.mul_(self._w_scale)
-            )
+            y = cpu.dequantize_accumulator(acc, sx, self._w_scale, self.bias)
         else:
             acc = cpu.int8_matmul(self._codes(x2.float()), self.qweight)
-            y = acc.to(torch.float32)
-            y = torch.addcmul(self._bias_eff, y, self._out_scale, out=y)
+            y = cpu.dequantize_accumulator(acc, None, self._out_scale, self._bias_eff)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def _forward_reference(self, x2: torch.Tensor) -> torch.Tensor:

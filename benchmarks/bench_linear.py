@@ -1,0 +1,61 @@
+"""nn.Linear 4096->4096 and 4096->11008: float32 vs W8A8 (dynamic), W8A8 (static), W8A16.
+
+Batch 1 (one token) and a 128-token batch. Float and quantized are timed in the same process,
+interleaved, and reported as ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+import lowbit
+from benchmarks.common import machine, time_pair
+from lowbit.measure import format_table
+
+SCHEMES = ("W8A8-dynamic", "W8A8", "W8A16", "BF16", "FP16")
+
+
+def run(shapes=((4096, 4096), (4096, 11008)), rows_list=(1, 128), min_time_s=1.0):
+    torch.manual_seed(0)
+    results = []
+    for k, n in shapes:
+        layer = nn.Linear(k, n).eval()
+        calib = [torch.randn(128, k)]
+        for scheme in SCHEMES:
+            q = lowbit.quantize(layer, scheme, calibration=calib)
+            for m in rows_list:
+                x = torch.randn(m, k)
+                with torch.inference_mode():
+                    f_ms, q_ms = time_pair(lambda: layer(x), lambda: q(x), min_time_s=min_time_s)
+                results.append(
+                    {
+                        "shape": f"{k}->{n}",
+                        "rows": m,
+                        "scheme": scheme,
+                        "float32 ms": f_ms,
+                        "quant ms": q_ms,
+                        "speed-up": f"{f_ms / q_ms:.2f}x",
+                        "kernel": q.kernel,
+                    }
+                )
+    return results
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--min-time", type=float, default=1.0)
+    args = p.parse_args()
+    print(machine())
+    rows = run(min_time_s=args.min_time)
+    print(
+        format_table(
+            rows, ["shape", "rows", "scheme", "float32 ms", "quant ms", "speed-up", "kernel"]
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Number formats: integer grids of 2..16 bits, float passthrough formats, and name parsing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.errors import ConfigError
+from lowbit.formats import FORMAT_NAMES, FloatFormat, IntFormat, get_format
+
+BITS = range(2, 17)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_signed_grid_is_twos_complement_range(bits: int) -> None:
+    fmt = get_format(f"int{bits}")
+    assert isinstance(fmt, IntFormat) and fmt.signed and fmt.bits == bits
+    assert (fmt.qmin, fmt.qmax) == (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    assert fmt.qmax - fmt.qmin + 1 == 2**bits
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_unsigned_grid_starts_at_zero(bits: int) -> None:
+    fmt = get_format(f"uint{bits}")
+    assert isinstance(fmt, IntFormat) and not fmt.signed and fmt.bits == bits
+    assert (fmt.qmin, fmt.qmax) == (0, 2**bits - 1)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("signed", [True, False])
+def test_storage_dtype_holds_every_code(bits: int, signed: bool) -> None:
+    fmt = IntFormat(bits, signed)
+    info = torch.iinfo(fmt.storage_dtype)
+    assert info.min <= fmt.qmin and fmt.qmax <= info.max
+    if bits <= 8:
+        assert fmt.storage_dtype == (torch.int8 if signed else torch.uint8)
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_names_round_trip(name: str) -> None:
+    fmt = get_format(name)
+    assert fmt.name == name
+    assert str(fmt) == name
+    assert get_format(fmt.name) == fmt
+    assert get_format(fmt) is fmt  # a format value passes through unchanged
+
+
+def test_format_names_cover_every_width() -> None:
+    for bits in BITS:
+        assert f"int{bits}" in FORMAT_NAMES and f"uint{bits}" in FORMAT_NAMES
+    assert {"fp16", "bf16"} <= set(FORMAT_NAMES)
+
+
+@pytest.mark.parametrize("text", ["INT8", " int8 ", "Int8"])
+def test_parsing_ignores_case_and_spaces(text: str) -> None:
+    assert get_format(text) == IntFormat(8, True)
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "bits"),
+    [("fp16", torch.float16, 16), ("bf16", torch.bfloat16, 16), ("fp32", torch.float32, 32)],
+)
+def test_float_formats(name: str, dtype: torch.dtype, bits: int) -> None:
+    fmt = get_format(name)
+    assert isinstance(fmt, FloatFormat) and not fmt.is_integer
+    assert fmt.torch_dtype == dtype and fmt.bits == bits
+
+
+@pytest.mark.parametrize("name", ["int1", "int0", "int17", "uint1", "uint32", "int64"])
+def test_out_of_range_widths_raise(name: str) -> None:
+    with pytest.raises(ConfigError, match="2..16"):
+        get_format(name)
+
+
+@pytest.mark.parametrize("name", ["float8", "fp8", "int", "int8x", "i8", "", "nf4"])
+def test_unknown_names_raise_with_the_choices(name: str) -> None:
+    with pytest.raises(ConfigError, match="int2..int16"):
+        get_format(name)
+
+
+@pytest.mark.parametrize("value", [8, 8.0, None, b"int8", ["int8"]])
+def test_non_string_raises(value: object) -> None:
+    with pytest.raises(ConfigError, match="name like 'int8'"):
+        get_format(value)  # type: ignore[arg-type]
+
+
+def test_direct_construction_validates() -> None:
+    with pytest.raises(ConfigError):
+        IntFormat(bits=1)
+    with pytest.raises(ConfigError):
+        IntFormat(bits=17, signed=False)
+    with pytest.raises(ConfigError, match="unknown float format"):
+        FloatFormat("fp8")
+
+
+def test_config_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        get_format("int99")

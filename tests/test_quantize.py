@@ -1,0 +1,381 @@
+"""``lowbit.quantize`` end to end: calibration forms, targeting, records, and errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.errors import CalibrationError, ConfigError, InvalidModelError, UnknownPresetError
+from lowbit.nn import CastLayer, QuantConv, QuantLinear
+from lowbit.transforms.bn_fold import FoldedBatchNorm
+
+SQNR_FLOOR = {"W8A8": 25.0, "W8A8-dynamic": 25.0, "W8A16": 30.0, "FP16": 60.0, "BF16": 35.0}
+EXPECTED_TYPES = {
+    "W8A8": QuantConv,
+    "W8A8-dynamic": QuantConv,
+    "W8A16": QuantConv,
+    "FP16": CastLayer,
+    "BF16": CastLayer,
+}
+
+
+class SmallCNN(nn.Module):
+    """Conv2d + BN + ReLU, a depthwise conv, global pooling and a Linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.relu(self.bn(self.conv(x)))
+        x = self.relu(self.dw(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class KeywordNet(nn.Module):
+    """A model whose forward takes keyword arguments only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, *, x, scale=1.0):
+        return self.fc(x) * scale
+
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 8)
+        self.b = nn.Linear(16, 8)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)
+
+
+def small_cnn(seed: int = 0) -> SmallCNN:
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def sqnr(y: torch.Tensor, yq: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10 log10(|y|^2 / |y - yq|^2)``."""
+    y, yq = y.double(), yq.double()
+    return float(10 * torch.log10(y.pow(2).sum() / (y - yq).pow(2).sum().clamp_min(1e-30)))
+
+
+def batches(n: int = 3, shape=(4, 3, 8, 8)) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(123)
+    return [torch.randn(shape, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+# -- end to end -------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", sorted(SQNR_FLOOR))
+def test_every_preset_quantizes_the_small_cnn(preset: str, x) -> None:
+    model = small_cnn()
+    qmodel = lowbit.quantize(model, preset, calibration=batches())
+    cls = EXPECTED_TYPES[preset]
+    assert isinstance(qmodel.conv, cls) and isinstance(qmodel.dw, cls)
+    assert isinstance(qmodel.fc, QuantLinear if cls is QuantConv else CastLayer)
+    assert isinstance(qmodel.bn, FoldedBatchNorm)
+    if cls is QuantConv:
+        assert qmodel.conv.qweight.dtype == torch.int8
+        assert qmodel.fc.qweight.dtype == torch.int8
+    record = qmodel.lowbit_record
+    assert isinstance(record, lowbit.QuantizationRecord)
+    assert set(record.layers) == {"conv", "dw", "fc"}
+    assert record.folded == [{"conv": "conv", "bn": "bn", "bias_added": True}]
+    assert record.skipped == {}
+    assert record.config.scheme == lowbit.get_preset(preset)
+    assert not qmodel.training
+    assert _no_hooks(qmodel)
+    with torch.no_grad():
+        assert sqnr(model(x), qmodel(x)) >= SQNR_FLOOR[preset]
+
+
+def test_accepts_scheme_and_config_values(x) -> None:
+    model = small_cnn()
+    by_scheme = lowbit.quantize(model, lowbit.get_preset("W8A8-dynamic"))
+    by_config = lowbit.quantize(model, lowbit.QuantConfig(lowbit.get_preset("W8A8-dynamic")))
+    by_name = lowbit.quantize(model, "w8a8-DYNAMIC")
+    assert torch.equal(by_scheme(x), by_config(x)) and torch.equal(by_scheme(x), by_name(x))
+
+
+def test_fold_batchnorm_can_be_disabled() -> None:
+    cfg = lowbit.QuantConfig(lowbit.get_preset("W8A8-dynamic"), fold_batchnorm=False)
+    qmodel = lowbit.quantize(small_cnn(), cfg)
+    assert isinstance(qmodel.bn, nn.BatchNorm2d)
+    assert qmodel.lowbit_record.folded == []
+
+
+# -- calibration forms ------------------------------------------------------------------------
+@pytest.mark.parametrize("form", ["list", "tuples", "lists", "generator", "bare_tensor"])
+def test_calibration_forms(form: str, x) -> None:
+    data = batches()
+    calibration = {
+        "list": data,
+        "tuples": [(b,) for b in data],
+        "lists": [[b] for b in data],
+        "generator": (b for b in data),
+        "bare_tensor": torch.cat(data),
+    }[form]
+    qmodel = lowbit.quantize(small_cnn(), "W8A8", calibration=calibration)
+    reference = lowbit.quantize(small_cnn(), "W8A8", calibration=data)
+    assert set(qmodel.lowbit_record.layers) == {"conv", "dw", "fc"}
+    # every form sees the same samples, so the calibrated ranges agree
+    assert torch.equal(qmodel.fc.input_scale, reference.fc.input_scale)
+    assert torch.equal(qmodel(x), reference(x))
+
+
+@pytest.mark.parametrize("as_list", [True, False])
+def test_calibration_as_keyword_dicts(as_list: bool) -> None:
+    torch.manual_seed(0)
+    model = KeywordNet().eval()
+    data = [{"x": torch.randn(5, 16), "scale": 2.0} for _ in range(2)]
+    qmodel = lowbit.quantize(model, "W8A8", calibration=data if as_list else data[0])
+    assert isinstance(qmodel.fc, QuantLinear)
+    xin = torch.randn(3, 16)
+    with torch.no_grad():
+        assert sqnr(model(x=xin), qmodel(x=xin)) >= 25.0
+
+
+def test_calibration_tuples_are_positional_arguments() -> None:
+    torch.manual_seed(0)
+    model = TwoInputs().eval()
+    data = [(torch.randn(4, 16), 5 * torch.randn(4, 16)) for _ in range(2)]
+    qmodel = lowbit.quantize(model, "W8A8", calibration=data)
+    assert float(qmodel.b.input_scale) > 3 * float(qmodel.a.input_scale)  # b saw the wider input
+
+
+def test_layers_not_reached_by_calibration_stay_float() -> None:
+    class Partial(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(16, 16)
+            self.unused = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.used(x)
+
+    qmodel = lowbit.quantize(Partial(), "W8A8", calibration=[torch.randn(2, 16)])
+    assert isinstance(qmodel.used, QuantLinear)
+    assert type(qmodel.unused) is nn.Linear
+    assert "no calibration batch" in qmodel.lowbit_record.skipped["unused"]
+
+
+# -- inplace ----------------------------------------------------------------------------------
+def test_inplace_false_leaves_the_original_untouched(x) -> None:
+    model = small_cnn().train()
+    state = copy.deepcopy(model.state_dict())
+    with torch.no_grad():
+        before = model.eval()(x)
+    model.train()
+    qmodel = lowbit.quantize(model, "W8A8", calibration=batches())
+    assert qmodel is not model
+    assert model.training  # mode untouched as well
+    assert type(model.conv) is nn.Conv2d and type(model.bn) is nn.BatchNorm2d
+    assert type(model.fc) is nn.Linear and model.conv.bias is None
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert not hasattr(model, "lowbit_record")
+    assert _no_hooks(model)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), before)
+
+
+def test_inplace_true_modifies_the_model() -> None:
+    model = small_cnn()
+    qmodel = lowbit.quantize(model, "W8A8-dynamic", inplace=True)
+    assert qmodel is model
+    assert isinstance(model.fc, QuantLinear)
+
+
+# -- targeting --------------------------------------------------------------------------------
+def test_exclude_keeps_layers_float() -> None:
+    qmodel = lowbit.quantize(small_cnn(), "W8A8-dynamic", exclude=["fc", "dw"])
+    assert isinstance(qmodel.conv, QuantConv)
+    assert type(qmodel.dw) is nn.Conv2d and type(qmodel.fc) is nn.Linear
+    assert qmodel.lowbit_record.skipped == {
+        "dw": "excluded by include/exclude patterns",
+        "fc": "excluded by include/exclude patterns",
+    }
+
+
+def test_exclude_accepts_a_single_string() -> None:
+    qmodel = lowbit.quantize(small_cnn(), "W8A8-dynamic", exclude="fc")
+    assert type(qmodel.fc) is nn.Linear and isinstance(qmodel.dw, QuantConv)
+
+
+def test_include_limits_quantization() -> None:
+    qmodel = lowbit.quantize(small_cnn(), "W8A8-dynamic", include=["d*"])
+    assert isinstance(qmodel.dw, QuantConv)
+    assert type(qmodel.conv) is nn.Conv2d and type(qmodel.fc) is nn.Linear
+
+
+def test_overrides_give_mixed_precision() -> None:
+    qmodel = lowbit.quantize(
+        small_cnn(),
+        "W8A8",
+        calibration=batches(),
+        overrides={"fc": "BF16", "dw": lowbit.get_preset("W8A16")},
+    )
+    assert isinstance(qmodel.fc, CastLayer) and qmodel.fc.weight.dtype == torch.bfloat16
+    assert isinstance(qmodel.dw, QuantConv) and qmodel.dw.scheme.name == "W8A16"
+    assert isinstance(qmodel.conv, QuantConv) and qmodel.conv.scheme.name == "W8A8"
+    layers = qmodel.lowbit_record.layers
+    assert layers["fc"]["type"] == "CastLayer" and layers["fc"]["scheme"]["name"] == "BF16"
+
+
+def test_override_none_keeps_a_layer_float() -> None:
+    qmodel = lowbit.quantize(small_cnn(), "W8A8-dynamic", overrides={"fc": None})
+    assert type(qmodel.fc) is nn.Linear
+    assert isinstance(qmodel.conv, QuantConv) and isinstance(qmodel.dw, QuantConv)
+    assert "fc" in qmodel.lowbit_record.skipped
+
+
+def test_static_layers_overridden_to_dynamic_need_no_calibration() -> None:
+    qmodel = lowbit.quantize(small_cnn(), "W8A16", overrides={"*": "W8A8-dynamic"})
+    assert all(m.scheme.name == "W8A8-dynamic" for m in (qmodel.conv, qmodel.dw, qmodel.fc))
+
+
+# -- unsupported layers -----------------------------------------------------------------------
+class Unsupported(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c3 = nn.Conv3d(2, 2, 1)
+        self.reflect = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
+        self.same = nn.Conv2d(2, 2, 3, padding="same")
+        self.tconv = nn.ConvTranspose2d(2, 2, 3)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_unsupported_layers_are_skipped_with_a_reason() -> None:
+    qmodel = lowbit.quantize(Unsupported(), "W8A8-dynamic")
+    skipped = qmodel.lowbit_record.skipped
+    assert "Conv3d" in skipped["c3"] and "no quantized implementation" in skipped["c3"]
+    assert "padding_mode='reflect'" in skipped["reflect"]
+    assert "padding='same'" in skipped["same"]
+    assert "ConvTranspose2d" in skipped["tconv"]
+    assert type(qmodel.c3) is nn.Conv3d and type(qmodel.reflect) is nn.Conv2d
+    assert isinstance(qmodel.fc, QuantLinear)
+    assert set(qmodel.lowbit_record.layers) == {"fc"}
+
+
+def test_model_without_quantizable_layers_is_returned_with_an_empty_record() -> None:
+    qmodel = lowbit.quantize(nn.Sequential(nn.ReLU()), "W8A8-dynamic")
+    assert qmodel.lowbit_record.layers == {} and qmodel.lowbit_record.skipped == {}
+
+
+# -- a bare layer -----------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", sorted(SQNR_FLOOR))
+def test_quantizing_a_bare_linear(preset: str) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 8)
+    xin = torch.randn(4, 32)
+    qlin = lowbit.quantize(lin, preset, calibration=xin)
+    assert isinstance(qlin, CastLayer if preset in ("FP16", "BF16") else QuantLinear)
+    assert set(qlin.lowbit_record.layers) == {""}
+    assert type(lin) is nn.Linear  # the original is untouched
+    with torch.no_grad():
+        assert sqnr(lin(xin), qlin(xin)) >= SQNR_FLOOR[preset]
+
+
+# -- errors -----------------------------------------------------------------------------------
+def test_static_scheme_without_calibration_raises() -> None:
+    with pytest.raises(CalibrationError, match="needs calibration data"):
+        lowbit.quantize(small_cnn(), "W8A8")
+
+
+def test_empty_calibration_raises() -> None:
+    with pytest.raises(CalibrationError, match="empty"):
+        lowbit.quantize(small_cnn(), "W8A8", calibration=[])
+
+
+@pytest.mark.parametrize(
+    ("calibration", "match"),
+    [
+        ("not a batch", "iterable of batches, got str"),
+        (7, "iterable of batches, got int"),
+        (["abc"], "item 0 is a str"),
+        ([torch.randn(1, 3, 8, 8), 5], "item 1 is a int"),
+        ([None], "item 0 is a NoneType"),
+    ],
+)
+def test_calibration_items_of_the_wrong_type_raise(calibration, match: str) -> None:
+    with pytest.raises(CalibrationError, match=match):
+        lowbit.quantize(small_cnn(), "W8A8", calibration=calibration)
+
+
+def test_calibration_batches_the_model_rejects_raise() -> None:
+    model = small_cnn()
+    with pytest.raises(CalibrationError, match="failed on calibration batch 0"):
+        lowbit.quantize(model, "W8A8", calibration=[torch.randn(2, 5, 8, 8)], inplace=True)
+    assert _no_hooks(model)  # the calibration hooks are removed even on failure
+
+
+@pytest.mark.parametrize("where", ["conv.weight", "fc.bias", "bn.running_var"])
+def test_nan_weights_raise_naming_the_parameter(where: str) -> None:
+    model = small_cnn()
+    with torch.no_grad():
+        model.state_dict(keep_vars=True)[where].view(-1)[0] = float("nan")
+    with pytest.raises(InvalidModelError, match=rf"'{where}' contains 1 NaN/Inf"):
+        lowbit.quantize(model, "W8A8-dynamic")
+
+
+@pytest.mark.parametrize("name", ["W8A9", "W4A4", ""])
+def test_unknown_preset_raises(name: str) -> None:
+    with pytest.raises(UnknownPresetError, match="Known presets"):
+        lowbit.quantize(small_cnn(), name)
+
+
+def test_scheme_of_the_wrong_type_raises() -> None:
+    with pytest.raises(ConfigError, match="preset name or a QuantScheme"):
+        lowbit.quantize(small_cnn(), 8)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("model", [None, "resnet18", 3, {"fc": nn.Linear(2, 2)}])
+def test_non_modules_raise(model) -> None:
+    with pytest.raises(InvalidModelError, match="takes a torch.nn.Module"):
+        lowbit.quantize(model, "W8A8-dynamic")
+
+
+def test_a_module_registered_under_two_names_is_quantized_everywhere() -> None:
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.b = self.a
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    qmodel = lowbit.quantize(Shared(), "W8A8-dynamic")
+    assert isinstance(qmodel.a, QuantLinear)
+    assert qmodel.b is qmodel.a
