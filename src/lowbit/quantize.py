@@ -142,7 +142,7 @@ def quantize(
             record.layers[name] = done[id(module)].layer_spec()
             continue
         qparams = None
-        if layer_scheme.mode is QuantMode.STATIC:
+        if _needs_calibration(module, layer_scheme):
             if name not in ranges:
                 record.skipped[name] = "no calibration batch reached this layer"
                 log.warning("keeping %s in float: no calibration batch reached it", name)
@@ -161,10 +161,15 @@ def quantize(
     return model
 
 
+def _needs_calibration(module: nn.Module, scheme: QuantScheme) -> bool:
+    """Static schemes calibrate the input of matmul/conv layers (an embedding takes ids)."""
+    return scheme.mode is QuantMode.STATIC and not isinstance(module, nn.Embedding)
+
+
 def _calibrate(
     model: nn.Module, plan: dict[str, Any], calibration: Any, progress: bool | None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    targets = {n: (m, s.activation) for n, (m, s) in plan.items() if s.mode is QuantMode.STATIC}
+    targets = {n: (m, s.activation) for n, (m, s) in plan.items() if _needs_calibration(m, s)}
     if not targets:
         return {}
     return collect_input_ranges(model, targets, calibration, progress=progress)

@@ -86,18 +86,16 @@ def dequantize_accumulator(
     col_scale: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``y = acc * row_scale * col_scale + bias`` (float32) from the int32 accumulator.
+    """``y = acc * row_scale * col_scale + bias`` (float32), written over ``acc``'s memory.
 
-    Large outputs use one fused kernel. Small ones run eagerly *over the accumulator's own
-    memory*: int32 and float32 have the same size and element i is read before it is written,
-    so no second [M, N] buffer is allocated.
+    int32 and float32 have the same size and element i is read before it is written, so no second
+    [M, N] buffer is allocated. Large outputs use one fused kernel, small ones eager ops.
     """
     rows = acc.shape[0]
     if rows >= fused.FUSED_MIN_ROWS:
         row = row_scale if row_scale is not None else _ONE
-        if bias is None:
-            return fused.fused(fused.dequantize_nobias, rows)(acc, row, col_scale)
-        return fused.fused(fused.dequantize, rows)(acc, row, col_scale, bias)
+        b = bias if bias is not None else _ZERO
+        return fused.fused(fused.dequantize_, rows)(acc, row, col_scale, b)
     y = acc.view(torch.float32)
     if row_scale is not None:
         torch.mul(acc, row_scale, out=y)
@@ -109,6 +107,7 @@ def dequantize_accumulator(
 
 
 _ONE = torch.ones(1, 1)
+_ZERO = torch.zeros(1)
 
 
 def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.Tensor:

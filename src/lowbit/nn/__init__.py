@@ -8,6 +8,7 @@ from lowbit.config import QuantMode, QuantScheme
 from lowbit.nn.base import QuantModule
 from lowbit.nn.cast import CastLayer
 from lowbit.nn.qconv import QuantConv
+from lowbit.nn.qembedding import QuantEmbedding, embedding_unsupported_reason
 from lowbit.nn.qlinear import QuantLinear
 
 __all__ = [
@@ -26,6 +27,7 @@ LAYER_TYPES: dict[str, type[QuantModule]] = {
     "QuantLinear": QuantLinear,
     "QuantConv": QuantConv,
     "CastLayer": CastLayer,
+    "QuantEmbedding": QuantEmbedding,
 }
 
 
@@ -33,6 +35,8 @@ def unsupported_reason(module: nn.Module) -> str | None:
     """Why ``module`` cannot be quantized (None when it can)."""
     if isinstance(module, nn.Linear):
         return None
+    if isinstance(module, nn.Embedding):
+        return embedding_unsupported_reason(module)
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.padding_mode != "zeros":
             return f"padding_mode={module.padding_mode!r} (only zero padding is supported)"
@@ -45,12 +49,14 @@ def unsupported_reason(module: nn.Module) -> str | None:
 
 
 def is_quantizable(module: nn.Module) -> bool:
-    """Layers lowbit replaces: Linear, Conv1d and Conv2d (subclasses included)."""
-    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d)
+    """Layers lowbit replaces: Linear, Conv1d, Conv2d and Embedding (subclasses included)."""
+    return isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Embedding)
 
 
 def layer_class(module: nn.Module, scheme: QuantScheme) -> type[QuantModule]:
     """The quantized class for a float layer under ``scheme``."""
+    if isinstance(module, nn.Embedding):
+        return QuantEmbedding
     if scheme.mode is QuantMode.CAST:
         return CastLayer
     return QuantLinear if isinstance(module, nn.Linear) else QuantConv

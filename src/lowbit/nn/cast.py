@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantScheme
-from lowbit.formats import get_format
 from lowbit.errors import InvalidModelError
+from lowbit.formats import get_format
 from lowbit.nn.base import QuantModule, check_finite
 
 __all__ = ["CastLayer"]

@@ -1,0 +1,46 @@
+"""Latency, accuracy and table helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lowbit.measure import cosine_similarity, format_table, measure_latency, top1_accuracy
+
+
+def test_measure_latency_counts_runs_and_orders_percentiles():
+    calls = []
+    r = measure_latency(lambda: calls.append(1), warmup=2, min_runs=7, min_time_s=0.0)
+    assert r.runs == 7 and len(calls) == 9
+    assert 0 <= r.p10_ms <= r.median_ms <= r.p90_ms
+
+
+def test_measure_latency_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="min_runs"):
+        measure_latency(lambda: None, min_runs=0)
+
+
+def test_top1_accuracy_of_a_known_classifier():
+    model = nn.Identity()
+    logits = torch.eye(4)
+    assert top1_accuracy(model, logits, torch.tensor([0, 1, 2, 0])) == 0.75
+
+
+def test_top1_accuracy_rejects_mismatched_labels():
+    with pytest.raises(ValueError, match="labels"):
+        top1_accuracy(nn.Identity(), torch.eye(3), torch.tensor([0]))
+
+
+def test_cosine_similarity_is_one_for_scaled_copies_and_checks_shapes():
+    a = torch.randn(5, 8)
+    assert torch.allclose(cosine_similarity(a, 3 * a), torch.ones(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape"):
+        cosine_similarity(a, a[:, :4])
+
+
+def test_format_table_aligns_columns():
+    text = format_table([{"a": "x", "b": 1.23456}, {"a": "long", "b": 2}], ["a", "b"])
+    lines = text.splitlines()
+    assert lines[0].startswith("| a ") and "1.235" in text
+    assert len({len(line) for line in lines}) == 1
