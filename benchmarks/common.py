@@ -1,10 +1,9 @@
-"""Shared helpers for the benchmark scripts: timing pairs, machine description, real sentences."""
+"""Shared helpers for the benchmark scripts: interleaved timing and the machine description."""
 
 from __future__ import annotations
 
 import os
 import platform
-import re
 from datetime import date
 
 import torch
@@ -42,25 +41,3 @@ def time_pair(float_fn, quant_fn, min_time_s: float = 1.0, rounds: int = 3):
     f_times.sort()
     q_times.sort()
     return f_times[len(f_times) // 2], q_times[len(q_times) // 2]
-
-
-def real_sentences(n: int = 512, seed_text_min: int = 40, seed_text_max: int = 200) -> list[str]:
-    """English sentences from the Python reference manual shipped with CPython (pydoc_data).
-
-    Real prose, offline, deterministic: the sentences are taken in sorted topic order.
-    """
-    from pydoc_data.topics import topics
-
-    out: list[str] = []
-    for key in sorted(topics):
-        text = re.sub(r"\s+", " ", topics[key])
-        for s in re.split(r"(?<=[.!?])\s+", text):
-            if (
-                seed_text_min <= len(s) <= seed_text_max
-                and s[0].isupper()
-                and not any(c in s for c in "*`=|")
-            ):
-                out.append(s)
-    if len(out) < n:
-        raise RuntimeError(f"only {len(out)} sentences available, asked for {n}")
-    return out[:n]

@@ -13,12 +13,13 @@ def test_digits_split_is_offline_and_deterministic():
 
 
 def test_demo_runs_and_w8a8_keeps_accuracy():
-    rows = run_demo(epochs=4, schemes=("W8A8", "W8A8-dynamic"))
+    rows = run_demo(schemes=("W8A8", "W8A8-dynamic"))  # the demo's own settings
     by_name = {r["variant"]: r for r in rows}
     assert set(by_name) == {"float32", "W8A8", "W8A8-dynamic"}
-    assert by_name["float32"]["accuracy %"] > 85
+    assert by_name["float32"]["accuracy %"] > 95
     for name in ("W8A8", "W8A8-dynamic"):
-        assert abs(by_name[name]["accuracy %"] - by_name["float32"]["accuracy %"]) <= 1.5
+        # the bar: int8 within 0.5 points of float32 on the held-out digits
+        assert abs(by_name[name]["accuracy %"] - by_name["float32"]["accuracy %"]) <= 0.5
         assert by_name[name]["weight dtypes"] == "int8"
         assert by_name[name]["size (bytes)"] < 0.3 * by_name["float32"]["size (bytes)"]
     table = format_demo(rows)

@@ -117,12 +117,20 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.
     return reference.int8_matmul_ref(qx, qw)
 
 
+WEIGHT_ONLY_DEQUANT_MIN_ROWS = 160
+
+
 def weight_int8_matmul(
     x: torch.Tensor, qw: torch.Tensor, scale_bf16: torch.Tensor, fast: bool = True
 ) -> torch.Tensor:
-    """``y = bf16(x) @ (qw * scale).T`` in bf16; ``x [M, K]``, ``qw [N, K]``, ``scale [N]``."""
+    """``y = bf16(x) @ (qw * scale).T`` in bf16; ``x [M, K]``, ``qw [N, K]``, ``scale [N]``.
+
+    ``_weight_int8pack_mm`` costs ~linearly in M; from ``WEIGHT_ONLY_DEQUANT_MIN_ROWS`` rows on it
+    is cheaper to dequantize the weight to bf16 once per call and run the bf16 GEMM (measured
+    crossovers: 28-150 rows for 384x1536, 1536x384 and 4096x4096; see benchmarks/RESULTS.md).
+    """
     xb = x.to(torch.bfloat16)
-    if fast:
+    if fast and x.shape[0] < WEIGHT_ONLY_DEQUANT_MIN_ROWS:
         return torch.ops.aten._weight_int8pack_mm(xb, qw, scale_bf16)
     w = qw.to(torch.bfloat16) * scale_bf16.reshape(-1, 1)
     return torch.nn.functional.linear(xb, w)

@@ -97,7 +97,9 @@ class QuantLinear(QuantModule):
         int8_weights = self.qweight.dtype == torch.int8
         self._fast = True
         if mode is QuantMode.WEIGHT_ONLY:
-            self.kernel = "aten._weight_int8pack_mm (bf16 activations)"
+            self.kernel = (
+                "aten._weight_int8pack_mm (bf16 activations; >=160 rows: dequant + bf16 GEMM)"
+            )
             if w_scale is None or not int8_weights or self.scheme.weight.int_format.bits != 8:
                 self._fast = False
                 self._fallback("weight-only kernel takes int8 per-channel symmetric weights")

@@ -1,0 +1,20 @@
+"""The demo's digits CNN: accuracy, size and batch latency per scheme (float timed alongside)."""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.common import machine
+from lowbit.demo import format_demo, run_demo
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=12)
+    args = p.parse_args()
+    print(machine())
+    print(format_demo(run_demo(epochs=args.epochs)))
+
+
+if __name__ == "__main__":
+    main()

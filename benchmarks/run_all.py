@@ -1,0 +1,22 @@
+"""Run every benchmark in turn (about 10 minutes on 2 cores) and print their tables.
+
+Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Copy the output into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = [
+    ["benchmarks.bench_linear"],
+    ["benchmarks.bench_demo"],
+    ["benchmarks.bench_minilm", "--compile"],
+]
+
+if __name__ == "__main__":
+    for args in SCRIPTS:
+        print(f"\n## python -m {' '.join(args)}\n", flush=True)
+        subprocess.run([sys.executable, "-m", *args], cwd=ROOT, check=True)
