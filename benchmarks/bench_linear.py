@@ -29,7 +29,9 @@ def run(shapes=((4096, 4096), (4096, 11008)), rows_list=(1, 128), min_time_s=1.0
             for m in rows_list:
                 x = torch.randn(m, k)
                 with torch.inference_mode():
-                    f_ms, q_ms = time_pair(lambda: layer(x), lambda: q(x), min_time_s=min_time_s)
+                    f_ms, q_ms = time_pair(
+                        lambda f=layer, x=x: f(x), lambda q=q, x=x: q(x), min_time_s=min_time_s
+                    )
                 results.append(
                     {
                         "shape": f"{k}->{n}",
