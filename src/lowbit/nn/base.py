@@ -79,6 +79,23 @@ class QuantModule(nn.Module):
     def extra_repr(self) -> str:
         return f"scheme={self.scheme.name}, kernel={self.kernel}"
 
+    def _register_tensors(
+        self,
+        qweight: QuantizedWeight,
+        bias: torch.Tensor | None,
+        input_qparams: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        """Integer weight, float bias and (static schemes) the calibrated input qparams."""
+        self._register_qweight(qweight)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        if self.scheme.mode is QuantMode.STATIC:
+            if input_qparams is None:
+                raise ValueError(
+                    "a static scheme needs calibrated input_qparams=(scale, zero_point)"
+                )
+            self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
+            self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
+
     def _register_qweight(self, qw: QuantizedWeight) -> None:
         self.register_buffer("qweight", qw.qdata)
         self.register_buffer("weight_scale", qw.scale.float())

@@ -57,15 +57,7 @@ class QuantConv(QuantModule):
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
-        self._register_qweight(qweight)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        if scheme.mode is QuantMode.STATIC:
-            if input_qparams is None:
-                raise ValueError(
-                    "a static scheme needs calibrated input_qparams=(scale, zero_point)"
-                )
-            self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
-            self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
+        self._register_tensors(qweight, bias, input_qparams)
         self._prepare()
 
     @classmethod

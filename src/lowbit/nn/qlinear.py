@@ -54,15 +54,7 @@ class QuantLinear(QuantModule):
     ):
         super().__init__()
         self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
-        self._register_qweight(qweight)
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        if scheme.mode is QuantMode.STATIC:
-            if input_qparams is None:
-                raise ValueError(
-                    "a static scheme needs calibrated input_qparams=(scale, zero_point)"
-                )
-            self.register_buffer("input_scale", input_qparams[0].reshape(()).float().clone())
-            self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
+        self._register_tensors(qweight, bias, input_qparams)
         self._prepare()
 
     @classmethod
