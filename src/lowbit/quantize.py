@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
@@ -123,7 +124,8 @@ def quantize(
         include / exclude: glob patterns of module names to quantize / keep in float.
         overrides: ``{pattern: scheme}`` per-layer schemes (mixed precision); ``None`` = float.
         inplace: modify ``model`` itself instead of a copy.
-        progress: show a progress bar while calibrating (default: when attached to a terminal).
+        progress: show progress bars for calibration and layer conversion (default: when
+            attached to a terminal).
     """
     config = resolve_config(scheme, include, exclude, overrides)
     _check_model(model)
@@ -136,7 +138,9 @@ def quantize(
     plan = _plan(model, config, record)
     ranges = _calibrate(model, plan, calibration, progress)
     done: dict[int, nn.Module] = {}  # a layer registered under several names is quantized once
-    for name, (module, layer_scheme) in plan.items():
+    layers = tqdm(plan.items(), desc="quantizing", unit="layer", leave=False,
+                  disable=(not progress) if progress is not None else None)
+    for name, (module, layer_scheme) in layers:
         if id(module) in done:
             _set(model, name, done[id(module)])
             record.layers[name] = done[id(module)].layer_spec()
