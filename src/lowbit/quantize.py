@@ -138,8 +138,13 @@ def quantize(
     plan = _plan(model, config, record)
     ranges = _calibrate(model, plan, calibration, progress)
     done: dict[int, nn.Module] = {}  # a layer registered under several names is quantized once
-    layers = tqdm(plan.items(), desc="quantizing", unit="layer", leave=False,
-                  disable=(not progress) if progress is not None else None)
+    layers = tqdm(
+        plan.items(),
+        desc="quantizing",
+        unit="layer",
+        leave=False,
+        disable=(not progress) if progress is not None else None,
+    )
     for name, (module, layer_scheme) in layers:
         if id(module) in done:
             _set(model, name, done[id(module)])

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+import torch.fx.experimental._config as _fx_config
 
 __all__ = [
     "FUSED_MIN_ROWS",
@@ -93,7 +94,12 @@ def fused(fn: Callable, rows: int) -> Callable:
 
 def _guarded(fn: Callable, compiled: Callable, *args):
     try:
-        return compiled(*args)
+        # Always the same grad mode: a kernel compiled under one mode is recompiled for another
+        # (dynamo guards on it), and these kernels never need gradients.
+        # No duck sizing: equal sizes seen once (M == N) must not become a guard that forces a
+        # recompile when they differ.
+        with torch.no_grad(), _fx_config.patch(use_duck_shape=False):
+            return compiled(*args)
     except Exception as exc:  # noqa: BLE001 - any compiler failure means "run eager"
         _broken.add(fn.__name__)
         warnings.warn(
