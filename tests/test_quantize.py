@@ -6,10 +6,12 @@ import copy
 
 import pytest
 import torch
+from _models import SmallCNN
 from torch import nn
 
 import lowbit
 from lowbit.errors import CalibrationError, ConfigError, InvalidModelError, UnknownPresetError
+from lowbit.measure import sqnr_db as sqnr
 from lowbit.nn import CastLayer, QuantConv, QuantLinear
 from lowbit.transforms.bn_fold import FoldedBatchNorm
 
@@ -21,24 +23,6 @@ EXPECTED_TYPES = {
     "FP16": CastLayer,
     "BF16": CastLayer,
 }
-
-
-class SmallCNN(nn.Module):
-    """Conv2d + BN + ReLU, a depthwise conv, global pooling and a Linear head."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.relu(self.bn(self.conv(x)))
-        x = self.relu(self.dw(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 class KeywordNet(nn.Module):
@@ -71,12 +55,6 @@ def small_cnn(seed: int = 0) -> SmallCNN:
         model.bn.weight.uniform_(0.5, 1.5)
         model.bn.bias.uniform_(-0.5, 0.5)
     return model.eval()
-
-
-def sqnr(y: torch.Tensor, yq: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(|y|^2 / |y - yq|^2)``."""
-    y, yq = y.double(), yq.double()
-    return float(10 * torch.log10(y.pow(2).sum() / (y - yq).pow(2).sum().clamp_min(1e-30)))
 
 
 def batches(n: int = 3, shape=(4, 3, 8, 8)) -> list[torch.Tensor]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import SmallCNN
 from torch import nn
 
 import lowbit
@@ -19,22 +20,6 @@ from lowbit.serialization import META, TENSORS
 from lowbit.transforms.bn_fold import FoldedBatchNorm
 
 PRESETS = ["W8A8", "W8A8-dynamic", "W8A16", "FP16", "BF16"]
-
-
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)  # BN folds into a bias-free conv
-        self.bn = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = self.relu(self.bn(self.conv(x)))
-        x = self.relu(self.dw(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 class Tied(nn.Module):

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from lowbit.measure import cosine_similarity, format_table, measure_latency, top1_accuracy
+from lowbit.measure import (
+    cosine_similarity,
+    format_table,
+    measure_latency,
+    sqnr_db,
+    top1_accuracy,
+)
 
 
 def test_measure_latency_counts_runs_and_orders_percentiles():
@@ -44,3 +50,11 @@ def test_format_table_aligns_columns():
     lines = text.splitlines()
     assert lines[0].startswith("| a ") and "1.235" in text
     assert len({len(line) for line in lines}) == 1
+
+
+def test_sqnr_db_of_a_one_percent_error_is_40_db():
+    y = torch.randn(100)
+    assert abs(sqnr_db(y, y * 1.01) - 40.0) < 1e-4  # 1.01 is not exact in float32
+    assert sqnr_db(y, y) > 250  # exact copy: noise floor clamp, no division by zero
+    with pytest.raises(ValueError, match="shapes differ"):
+        sqnr_db(y, y[:10])

@@ -7,17 +7,12 @@ import torch
 from torch import nn
 
 from lowbit.errors import InvalidModelError
+from lowbit.measure import sqnr_db as sqnr
 from lowbit.nn import CastLayer
 from lowbit.presets import get_preset
 
 DTYPES = {"FP16": torch.float16, "BF16": torch.bfloat16}
 SQNR_FLOOR = {"FP16": 60.0, "BF16": 40.0}
-
-
-def sqnr(y: torch.Tensor, yq: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(|y|^2 / |y - yq|^2)``."""
-    y, yq = y.double(), yq.double()
-    return float(10 * torch.log10(y.pow(2).sum() / (y - yq).pow(2).sum().clamp_min(1e-30)))
 
 
 def layers():

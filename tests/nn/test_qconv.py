@@ -9,6 +9,7 @@ from torch import nn
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.errors import InvalidModelError
+from lowbit.measure import sqnr_db as sqnr
 from lowbit.nn import QuantConv
 from lowbit.nn.base import fake_quantize_dynamic, static_input_qparams
 from lowbit.presets import get_preset
@@ -23,12 +24,6 @@ CONVS = {
     "strided": (lambda: nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2), (2, 4, 9, 9)),
     "conv1d": (lambda: nn.Conv1d(4, 8, 3, padding=1), (2, 4, 12)),
 }
-
-
-def sqnr(y: torch.Tensor, yq: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(|y|^2 / |y - yq|^2)``."""
-    y, yq = y.double(), yq.double()
-    return float(10 * torch.log10(y.pow(2).sum() / (y - yq).pow(2).sum().clamp_min(1e-30)))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

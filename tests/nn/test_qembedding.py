@@ -7,11 +7,8 @@ import torch
 from torch import nn
 
 import lowbit
+from lowbit.measure import sqnr_db
 from lowbit.nn.qembedding import QuantEmbedding
-
-
-def sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - got).pow(2).sum()))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from torch import nn
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.errors import InvalidModelError
+from lowbit.measure import sqnr_db as sqnr
 from lowbit.nn import QuantLinear
 from lowbit.nn.base import static_input_qparams
 from lowbit.presets import get_preset
@@ -19,12 +20,6 @@ from lowbit.presets import get_preset
 INT_PRESETS = ["W8A8", "W8A8-dynamic", "W8A16"]
 SQNR_FLOOR = {"W8A8": 30.0, "W8A8-dynamic": 30.0, "W8A16": 35.0}
 W8 = TensorQuantSpec(format="int8", granularity="per_channel")
-
-
-def sqnr(y: torch.Tensor, yq: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio in dB: ``10 log10(|y|^2 / |y - yq|^2)``."""
-    y, yq = y.double(), yq.double()
-    return float(10 * torch.log10(y.pow(2).sum() / (y - yq).pow(2).sum().clamp_min(1e-30)))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
 """Measurement: latency, accuracy and fidelity, and plain-text tables of the results."""
 
-from lowbit.measure.accuracy import cosine_similarity, top1_accuracy
+from lowbit.measure.accuracy import cosine_similarity, sqnr_db, top1_accuracy
 from lowbit.measure.latency import LatencyResult, measure_latency
 from lowbit.measure.table import format_table
 
@@ -9,5 +9,6 @@ __all__ = [
     "measure_latency",
     "top1_accuracy",
     "cosine_similarity",
+    "sqnr_db",
     "format_table",
 ]

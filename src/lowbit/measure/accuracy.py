@@ -1,4 +1,4 @@
-"""Task metrics: top-1 accuracy for classifiers, cosine similarity for embeddings.
+"""Task metrics: top-1 accuracy, cosine similarity of embeddings, SQNR of any output.
 
 >>> top1_accuracy(model, images, labels)          # fraction in [0, 1]
 >>> cosine_similarity(emb_quant, emb_float).mean()
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["top1_accuracy", "cosine_similarity"]
+__all__ = ["top1_accuracy", "cosine_similarity", "sqnr_db"]
 
 
 def top1_accuracy(
@@ -31,3 +31,16 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.shape != b.shape:
         raise ValueError(f"embeddings differ in shape: {list(a.shape)} vs {list(b.shape)}")
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB: ``10 log10(|y|^2 / |y - y_q|^2)``.
+
+    >>> sqnr_db(torch.ones(4), torch.ones(4) * 1.01)     # 1 % error everywhere -> 40 dB
+    40.0...
+    """
+    if reference.shape != approx.shape:
+        raise ValueError(f"shapes differ: {list(reference.shape)} vs {list(approx.shape)}")
+    y, yq = reference.double(), approx.double()
+    noise = (y - yq).pow(2).sum().clamp_min(1e-30)
+    return float(10 * torch.log10(y.pow(2).sum() / noise))
