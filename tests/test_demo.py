@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lowbit.demo import DigitsCNN, format_demo, load_digits_split, run_demo
 
 
@@ -30,3 +32,11 @@ def test_model_shapes():
     import torch
 
     assert DigitsCNN()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_every_demo_scheme_keeps_accuracy_within_half_a_point():
+    rows = run_demo()
+    float_acc = rows[0]["accuracy %"]
+    for row in rows[1:]:
+        assert abs(row["accuracy %"] - float_acc) <= 0.5, row

@@ -41,6 +41,6 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     """
     if reference.shape != approx.shape:
         raise ValueError(f"shapes differ: {list(reference.shape)} vs {list(approx.shape)}")
-    y, yq = reference.double(), approx.double()
+    y, yq = reference.detach().double(), approx.detach().double()
     noise = (y - yq).pow(2).sum().clamp_min(1e-30)
     return float(10 * torch.log10(y.pow(2).sum() / noise))
