@@ -29,7 +29,7 @@ __all__ = [
     "quantize_dynamic_int8",
     "int8_matmul",
     "dequantize_accumulator",
-    "quantize_static_int8",
+    "quantize_static",
     "weight_int8_matmul",
     "prepack_int8_conv",
     "int8_conv",
@@ -73,11 +73,17 @@ def quantize_dynamic_int8(
     return fused.fused(fn, x.shape[0])(x.float())
 
 
-def quantize_static_int8(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+def quantize_static(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    dtype: torch.dtype = torch.int8,
 ) -> torch.Tensor:
-    """``q = clamp(round(x / s) + z, qmin, qmax)`` as int8 for a 2-D ``x``."""
-    return fused.fused(fused.quantize_static, x.shape[0])(x.float(), scale, zero_point, qmin, qmax)
+    """``q = clamp(round(x / s) + z, qmin, qmax)`` in ``dtype``, for ``x`` of any shape."""
+    rows = x.numel() // max(x.shape[-1], 1) if x.dim() else 1
+    return fused.fused(fused.quantize_static, rows)(x.float(), scale, zero_point, qmin, qmax, dtype)
 
 
 def dequantize_accumulator(

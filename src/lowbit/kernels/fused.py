@@ -52,11 +52,18 @@ def quantize_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantize_static(
-    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    dtype: torch.dtype = torch.int8,
 ) -> torch.Tensor:
-    """``q = clamp(round(x / s) + z, qmin, qmax)`` (int8); ``s``, ``z`` are 0-d tensors so one
-    compiled kernel serves every layer (Python scalars would be baked in as constants)."""
-    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(torch.int8)
+    """``q = clamp(round(x / s) + z, qmin, qmax)`` in ``dtype`` (int8, or uint8 for convs).
+
+    ``s`` and ``z`` are 0-d tensors so one compiled kernel serves every layer (Python scalars
+    would be baked into the kernel as constants)."""
+    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(dtype)
 
 
 def dequantize_(

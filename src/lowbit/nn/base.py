@@ -164,9 +164,7 @@ class ActivationCodes:
         if not self.fits_int8:
             q = torch.div(x, self.scale).round_().add_(self.zero_point)
             return q.clamp_(self.qmin, self.qmax).to(torch.int32)
-        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-        q = cpu.quantize_static_int8(x2, self._scale_t, self._zp_t, self.qmin, self.qmax)
-        return q.reshape(x.shape)
+        return cpu.quantize_static(x, self._scale_t, self._zp_t, self.qmin, self.qmax)
 
 
 def placeholder_qparams(scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -123,7 +123,8 @@ class QuantConv(QuantModule):
             lo_v, hi_v = min(float(lo_x), 0.0), max(float(hi_x), 0.0)
             scale = max((hi_v - lo_v) / 255.0, 1e-12)
             zp, lo, hi = int(min(max(round(-lo_v / scale), 0), 255)), 0, 255
-        qx = torch.div(x, scale).round_().add_(zp).clamp_(lo, hi).to(torch.uint8)
+        s_t, z_t = torch.tensor(scale), torch.tensor(float(zp))
+        qx = cpu.quantize_static(x, s_t, z_t, lo, hi, torch.uint8)
         return qx, scale, zp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
