@@ -1,8 +1,10 @@
-"""Named schemes in industry shorthand: ``W8A8``, ``W8A8-dynamic``, ``W8A16``, ``FP16``, ``BF16``.
+"""Named schemes in industry shorthand: ``W8A8``, ``W8A8-dynamic``, ``W8A16``, ``W4A16-g128``,
+``FP16``, ``BF16``.
 
 ``W{w}A{a}``: weights of ``w`` bits, activations of ``a`` bits. ``A16`` means weight-only
 quantization with 16-bit (bf16) activations; ``-dynamic`` means activation scales are computed
-per token at run time instead of calibrated.
+per token at run time instead of calibrated; ``-g128`` means one scale per group of 128
+input weights.
 
 >>> get_preset("W8A8").mode.value
 'static'
@@ -39,6 +41,13 @@ PRESETS: dict[str, QuantScheme] = {
     # Weight-only: int8 weights, bf16 activations (the fast 16-bit type on AVX-512 BF16 CPUs).
     "W8A16": QuantScheme(
         name="W8A16", mode=QuantMode.WEIGHT_ONLY, weight=_W8_PER_CHANNEL, compute_dtype="bf16"
+    ),
+    # 4-bit asymmetric weights in groups of 128 (bf16 scales, int8 zero points), bf16 activations.
+    "W4A16-g128": QuantScheme(
+        name="W4A16-g128",
+        mode=QuantMode.WEIGHT_ONLY,
+        weight=TensorQuantSpec(format="uint4", granularity="per_group:128", symmetric=False),
+        compute_dtype="bf16",
     ),
     "FP16": QuantScheme(name="FP16", mode=QuantMode.CAST, compute_dtype="fp16"),
     "BF16": QuantScheme(name="BF16", mode=QuantMode.CAST, compute_dtype="bf16"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +28,9 @@ from torch import nn
 
 from lowbit.config import QuantConfig
 from lowbit.errors import ArtifactError, ConfigError
+from lowbit.formats import get_format
 from lowbit.nn import LAYER_TYPES
+from lowbit.packing import pack, unpack
 from lowbit.quantize import QuantizationRecord
 from lowbit.transforms.bn_fold import _set, apply_folds_
 
@@ -80,6 +83,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _dedup(model.state_dict())
     record: QuantizationRecord | None = getattr(model, "lowbit_record", None)
+    packed = _pack_low_bit_(tensors, record.layers if record else {})
     with tempfile.NamedTemporaryFile(dir=out, suffix=".tmp", delete=False) as tmp:
         tmp_tensors = Path(tmp.name)
     try:
@@ -92,6 +96,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "layers": record.layers if record else {},
             "skipped": record.skipped if record else {},
             "aliases": aliases,
+            "packed": packed,
             "tensors_sha256": _sha256(tmp_tensors),
         }
         tmp_meta = out / (META + ".tmp")
@@ -101,6 +106,38 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     finally:
         tmp_tensors.unlink(missing_ok=True)
     return out
+
+
+def _pack_low_bit_(tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> dict[str, Any]:
+    """Replace sub-8-bit weight codes by their exact bit-packing; return how to undo it."""
+    packed = {}
+    for name, spec in layers.items():
+        weight = (spec.get("scheme") or {}).get("weight") or {}
+        key = f"{name}.qweight" if name else "qweight"
+        if "format" not in weight or key not in tensors:
+            continue
+        fmt = get_format(weight["format"])
+        if fmt.bits >= 8:
+            continue
+        codes = tensors[key]
+        tensors[key] = pack(codes.to(torch.int16) - fmt.qmin, fmt.bits)
+        packed[key] = {"bits": fmt.bits, "qmin": fmt.qmin, "shape": list(codes.shape)}
+    return packed
+
+
+def _unpack_low_bit_(tensors: dict[str, torch.Tensor], packed: dict[str, Any]) -> None:
+    for key, info in packed.items():
+        try:
+            bits, qmin, shape = (
+                int(info["bits"]),
+                int(info["qmin"]),
+                [int(s) for s in info["shape"]],
+            )
+            codes = unpack(tensors[key], bits, math.prod(shape)).to(torch.int16) + qmin
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise ArtifactError(f"packed tensor {key!r} cannot be unpacked: {exc}") from None
+        # the storage dtype of the format: int8 for signed grids, uint8 for unsigned ones
+        tensors[key] = codes.to(torch.int8 if qmin < 0 else torch.uint8).reshape(shape)
 
 
 def artifact_size(path: str | os.PathLike) -> int:
@@ -179,6 +216,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         tensors = load_file(str(root / TENSORS))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise ArtifactError(f"{root / TENSORS} is not a readable safetensors file: {exc}") from None
+    _unpack_low_bit_(tensors, meta.get("packed") or {})
     for key, target in meta["aliases"].items():
         if target not in tensors:
             raise ArtifactError(f"alias {key!r} points at missing tensor {target!r}")

@@ -31,6 +31,9 @@ __all__ = [
     "dequantize_accumulator",
     "quantize_static",
     "weight_int8_matmul",
+    "int4_unsupported_reason",
+    "prepack_int4",
+    "int4_matmul",
     "prepack_int8_conv",
     "int8_conv",
 ]
@@ -140,6 +143,44 @@ def weight_int8_matmul(
         return torch.ops.aten._weight_int8pack_mm(xb, qw, scale_bf16)
     w = qw.to(torch.bfloat16) * scale_bf16.reshape(-1, 1)
     return torch.nn.functional.linear(xb, w)
+
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def int4_unsupported_reason(out_features: int, in_features: int, group: int | None) -> str | None:
+    """Why ``_weight_int4pack_mm_for_cpu`` cannot run this shape (None when it can)."""
+    if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        return "torch has no _weight_int4pack_mm_for_cpu"
+    if group not in INT4_GROUP_SIZES:
+        return f"the int4 kernel takes group sizes {INT4_GROUP_SIZES}, got {group}"
+    if in_features % group or out_features % 16:
+        return f"the int4 kernel needs out_features % 16 == 0 and in_features % {group} == 0"
+    return None
+
+
+def prepack_int4(
+    codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, group: int
+) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """Kernel layout of 4-bit group-wise weights (derived data, never saved).
+
+    The kernel computes ``w = (u - 8) * s + z`` from unsigned codes ``u = q - qmin``; lowbit's
+    ``w = (q - zp) * s`` gives ``z = (qmin + 8 - zp) * s``. Returns ``(packed, group, sz)`` with
+    ``sz`` the bf16 ``[K / group, N, 2]`` scales-and-zeros tensor.
+    """
+    u = (codes.to(torch.int32) - qmin).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(u, 2)
+    s = scale.float()
+    z = (qmin + 8 - zero_point.float()) * s
+    sz = torch.stack([s.t(), z.t()], dim=-1).to(torch.bfloat16).contiguous()
+    return packed, group, sz
+
+
+def int4_matmul(
+    x: torch.Tensor, packed: torch.Tensor, group: int, sz: torch.Tensor
+) -> torch.Tensor:
+    """``y = bf16(x) @ W^T`` for int4 group-wise ``W`` (bf16 result)."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, group, sz)
 
 
 def prepack_int8_conv(

@@ -87,7 +87,10 @@ class QuantLinear(QuantModule):
         """Derive kernel-side data from the stored tensors and choose the kernel."""
         mode, w_scale = self.scheme.mode, self._per_channel_scale()
         int8_weights = self.qweight.dtype == torch.int8
-        self._fast = True
+        self._fast, self._int4 = True, None
+        if mode is QuantMode.WEIGHT_ONLY and self.scheme.weight.int_format.bits == 4:
+            self._prepare_int4()
+            return
         if mode is QuantMode.WEIGHT_ONLY:
             self.kernel = (
                 "aten._weight_int8pack_mm (bf16 activations; >=160 rows: dequant + bf16 GEMM)"
@@ -128,6 +131,21 @@ class QuantLinear(QuantModule):
                 self._out_scale = out_scale
                 self._bias_eff = bias - self._codes.zero_point * out_scale * colsum
 
+    def _prepare_int4(self) -> None:
+        """4-bit group-wise weights on ``aten._weight_int4pack_mm_for_cpu`` (bf16 activations)."""
+        self.kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+        gran = self.scheme.weight.granularity_value
+        group = gran.group_size if gran.kind is GranularityKind.PER_GROUP else None
+        reason = cpu.int4_unsupported_reason(self.out_features, self.in_features, group)
+        if reason is not None:
+            self._fast = False
+            self._fallback(reason)
+            return
+        fmt = self.scheme.weight.int_format
+        self._int4 = cpu.prepack_int4(
+            self.qweight, self.weight_scale, self.weight_zero_point, fmt.qmin, group
+        )
+
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -139,6 +157,9 @@ class QuantLinear(QuantModule):
         x2 = x.reshape(-1, self.in_features)
         if not self._fast:
             y = self._forward_reference(x2)
+        elif self._int4 is not None:
+            y = cpu.int4_matmul(x2, *self._int4)
+            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
         elif self.scheme.mode is QuantMode.WEIGHT_ONLY:
             y = cpu.weight_int8_matmul(x2, self.qweight, self._scale_bf16)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
