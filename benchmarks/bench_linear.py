@@ -15,16 +15,16 @@ import lowbit
 from benchmarks.common import machine, time_pair
 from lowbit.measure import format_table
 
-SCHEMES = ("W8A8-dynamic", "W8A8", "W8A16", "BF16", "FP16")
+SCHEMES = ("W8A8-dynamic", "W8A8", "W8A16", "W4A16-g128", "BF16", "FP16")
 
 
-def run(shapes=((4096, 4096), (4096, 11008)), rows_list=(1, 128), min_time_s=1.0):
+def run(shapes=((4096, 4096), (4096, 11008)), rows_list=(1, 128), min_time_s=1.0, schemes=SCHEMES):
     torch.manual_seed(0)
     results = []
     for k, n in shapes:
         layer = nn.Linear(k, n).eval()
         calib = [torch.randn(128, k)]
-        for scheme in SCHEMES:
+        for scheme in schemes:
             q = lowbit.quantize(layer, scheme, calibration=calib)
             for m in rows_list:
                 x = torch.randn(m, k)
@@ -49,9 +49,10 @@ def run(shapes=((4096, 4096), (4096, 11008)), rows_list=(1, 128), min_time_s=1.0
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--min-time", type=float, default=1.0)
+    p.add_argument("--schemes", nargs="*", default=list(SCHEMES))
     args = p.parse_args()
     print(machine())
-    rows = run(min_time_s=args.min_time)
+    rows = run(min_time_s=args.min_time, schemes=tuple(args.schemes))
     print(
         format_table(
             rows, ["shape", "rows", "scheme", "float32 ms", "quant ms", "speed-up", "kernel"]
