@@ -22,3 +22,15 @@ class SmallCNN(nn.Module):
         x = self.relu(self.bn(self.conv(x)))
         x = self.relu(self.dw(x))
         return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def small_cnn(seed: int = 0) -> SmallCNN:
+    """A SmallCNN in eval mode with non-trivial BatchNorm statistics (so folding matters)."""
+    torch.manual_seed(seed)
+    model = SmallCNN()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+        model.bn.weight.uniform_(0.5, 1.5)
+        model.bn.bias.uniform_(-0.5, 0.5)
+    return model.eval()

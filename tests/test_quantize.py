@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from _models import SmallCNN
+from _models import small_cnn
 from torch import nn
 
 import lowbit
@@ -44,17 +44,6 @@ class TwoInputs(nn.Module):
 
     def forward(self, x, y):
         return self.a(x) + self.b(y)
-
-
-def small_cnn(seed: int = 0) -> SmallCNN:
-    torch.manual_seed(seed)
-    model = SmallCNN()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
-        model.bn.weight.uniform_(0.5, 1.5)
-        model.bn.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def batches(n: int = 3, shape=(4, 3, 8, 8)) -> list[torch.Tensor]:

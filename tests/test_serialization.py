@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _models import SmallCNN
+from _models import SmallCNN, small_cnn
 from torch import nn
 
 import lowbit
@@ -33,17 +33,6 @@ class Tied(nn.Module):
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
-
-
-def small_cnn() -> SmallCNN:
-    torch.manual_seed(0)
-    model = SmallCNN()
-    with torch.no_grad():
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 2.0)
-        model.bn.weight.uniform_(0.5, 1.5)
-        model.bn.bias.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 def cnn_batches() -> list[torch.Tensor]:

@@ -196,11 +196,9 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]) -> None:
             if cls is None:
                 kind = spec.get("type") if isinstance(spec, dict) else spec
                 raise ArtifactError(f"layer {name!r} has unknown type {kind!r}")
-            float_module = model.get_submodule(name) if name else model
-            shell = cls.from_spec(spec, float_module)
             if not name:
                 raise ArtifactError("a single-layer model cannot be rebuilt in place; wrap it")
-            _set(model, name, shell)
+            _set(model, name, cls.from_spec(spec, model.get_submodule(name)))
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(
             f"the artifact does not fit this model ({exc}); pass a float skeleton of the same "

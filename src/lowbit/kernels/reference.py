@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["int8_matmul_ref", "int8_conv_ref", "weight_only_linear_ref"]
+__all__ = ["CONV_FN", "int8_matmul_ref", "int8_conv_ref", "weight_only_linear_ref"]
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+# functional convolution by number of spatial dims (shared by every conv path in lowbit)
+CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def int8_matmul_ref(qx: torch.Tensor, qw: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ def int8_conv_ref(
     """
     x = qx.to(torch.float64) - float(x_zero_point)
     w = qw.to(torch.float64)
-    return _CONV[qw.dim() - 2](x, w, None, stride, padding, dilation, groups)
+    return CONV_FN[qw.dim() - 2](x, w, None, stride, padding, dilation, groups)
 
 
 def weight_only_linear_ref(

@@ -21,12 +21,12 @@ from torch import nn
 from lowbit.config import QuantScheme
 from lowbit.errors import InvalidModelError
 from lowbit.formats import get_format
+from lowbit.kernels.reference import CONV_FN
 from lowbit.nn.base import QuantModule, check_finite
 
 __all__ = ["CastLayer"]
 
 _FP16_NATIVE_MAX_ROWS = 4  # measured crossover of fp16 GEMV vs fp32 GEMM (benchmarks/RESULTS.md)
-_CONV_FN = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
 
 
 class CastLayer(QuantModule):
@@ -97,5 +97,5 @@ class CastLayer(QuantModule):
         if self.is_linear:
             y = nn.functional.linear(x.to(cd), w, b)
         else:
-            y = _CONV_FN[self.dims](x.to(cd), w, b, *self.conv_args)
+            y = CONV_FN[self.dims](x.to(cd), w, b, *self.conv_args)
         return y.to(x.dtype)

@@ -24,6 +24,7 @@ from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme
 from lowbit.kernels import cpu, reference
+from lowbit.kernels.reference import CONV_FN
 from lowbit.nn.base import (
     ActivationCodes,
     QuantizedWeight,
@@ -35,8 +36,6 @@ from lowbit.nn.base import (
 )
 
 __all__ = ["QuantConv"]
-
-_CONV_FN = {1: nn.functional.conv1d, 2: nn.functional.conv2d}
 
 
 class QuantConv(QuantModule):
@@ -136,7 +135,7 @@ class QuantConv(QuantModule):
         if self.scheme.mode is QuantMode.WEIGHT_ONLY:
             w = self.dequantized_weight().to(torch.bfloat16)
             b = None if self.bias is None else self.bias.to(torch.bfloat16)
-            y = _CONV_FN[self.dims](
+            y = CONV_FN[self.dims](
                 x.to(torch.bfloat16), w, b, self.stride, self.padding, self.dilation, self.groups
             )
             return y.to(x.dtype)
@@ -171,7 +170,7 @@ class QuantConv(QuantModule):
             xd = fake_quantize_dynamic(x, spec).double()
         b = None if self.bias is None else self.bias.double()
         w = self.dequantized_weight().double()
-        return _CONV_FN[self.dims](
+        return CONV_FN[self.dims](
             xd, w, b, self.stride, self.padding, self.dilation, self.groups
         ).float()
 
@@ -180,7 +179,7 @@ class QuantConv(QuantModule):
         shape = [1, -1] + [1] * self.dims
         if self._w_scale is None:  # general weight grids: convolve the dequantized values
             xd = (qx.double() - zp) * scale
-            y = _CONV_FN[self.dims](
+            y = CONV_FN[self.dims](
                 xd,
                 self.dequantized_weight().double(),
                 None,
