@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from lowbit.errors import ConfigError
-from lowbit.formats import FORMAT_NAMES, FloatFormat, IntFormat, get_format
+from lowbit.formats import (
+    FORMAT_NAMES,
+    CodebookFormat,
+    FloatFormat,
+    GridFormat,
+    IntFormat,
+    get_format,
+)
 
 BITS = range(2, 17)
 
@@ -72,7 +79,9 @@ def test_out_of_range_widths_raise(name: str) -> None:
         get_format(name)
 
 
-@pytest.mark.parametrize("name", ["float8", "fp8", "int", "int8x", "i8", "", "nf4"])
+@pytest.mark.parametrize(
+    "name", ["float8", "fp8", "int", "int8x", "i8", "", "nf", "nf4x", "k-means16"]
+)
 def test_unknown_names_raise_with_the_choices(name: str) -> None:
     with pytest.raises(ConfigError, match="int2..int16"):
         get_format(name)
@@ -96,3 +105,31 @@ def test_direct_construction_validates() -> None:
 def test_config_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         get_format("int99")
+
+
+@pytest.mark.parametrize(
+    ("name", "bits", "n_levels"),
+    [("nf4", 4, 16), ("nf3", 3, 8), ("nf2", 2, 4), ("pot4", 4, 15), ("pot3", 3, 7)]
+    + [("binary", 1, 2), ("ternary", 2, 3)],
+)
+def test_grid_formats(name: str, bits: int, n_levels: int) -> None:
+    fmt = get_format(name)
+    assert isinstance(fmt, GridFormat) and fmt.name == name and not fmt.is_integer
+    assert fmt.bits == bits and len(fmt.levels) == n_levels
+    assert list(fmt.levels) == sorted(fmt.levels) and max(map(abs, fmt.levels)) == 1.0
+
+
+@pytest.mark.parametrize(("k", "bits"), [(2, 1), (3, 2), (4, 2), (16, 4), (17, 5), (256, 8)])
+def test_codebook_formats(k: int, bits: int) -> None:
+    fmt = get_format(f"kmeans{k}")
+    assert isinstance(fmt, CodebookFormat) and fmt.k == k and fmt.bits == bits
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [("nf1", "2..8 bits"), ("nf9", "2..8 bits"), ("pot7", "2..6 bits")]
+    + [("kmeans1", "k = 2..256"), ("kmeans300", "k = 2..256")],
+)
+def test_low_bit_formats_out_of_range_raise(name: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        get_format(name)

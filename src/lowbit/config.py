@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from lowbit.errors import ConfigError
-from lowbit.formats import IntFormat, get_format
+from lowbit.formats import CodebookFormat, FloatFormat, IntFormat, WeightFormat, get_format
 from lowbit.granularity import Granularity, GranularityKind
 from lowbit.ranges import RangeMethod
 
@@ -58,10 +58,24 @@ class TensorQuantSpec:
 
     def __post_init__(self) -> None:
         fmt = get_format(self.format)
-        if not isinstance(fmt, IntFormat):
-            raise ConfigError(f"TensorQuantSpec needs an integer format, got {self.format!r}")
+        if isinstance(fmt, FloatFormat):
+            raise ConfigError(
+                f"TensorQuantSpec takes an integer, grid or codebook format, got {self.format!r}; "
+                "for fp16/bf16 use a cast scheme (presets 'FP16', 'BF16')"
+            )
         object.__setattr__(self, "format", fmt.name)
-        object.__setattr__(self, "granularity", str(Granularity.parse(self.granularity)))
+        gran = Granularity.parse(self.granularity)
+        object.__setattr__(self, "granularity", str(gran))
+        if not isinstance(fmt, IntFormat) and not self.symmetric:
+            raise ConfigError(f"{fmt.name} is symmetric by construction; drop symmetric=False")
+        if isinstance(fmt, CodebookFormat) and not (
+            gran.kind is GranularityKind.PER_TENSOR
+            or (gran.kind is GranularityKind.PER_CHANNEL and gran.axis == 0)
+        ):
+            raise ConfigError(
+                f"{fmt.name} learns one codebook per layer (per_tensor) or per output channel "
+                f"(per_channel), not {gran}"
+            )
         try:
             object.__setattr__(self, "range_method", RangeMethod(self.range_method))
         except ValueError:
@@ -73,8 +87,16 @@ class TensorQuantSpec:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
 
     @property
-    def int_format(self) -> IntFormat:
+    def number_format(self) -> WeightFormat:
         return get_format(self.format)  # type: ignore[return-value]
+
+    @property
+    def int_format(self) -> IntFormat:
+        """The uniform integer format (what activations and integer kernels need)."""
+        fmt = get_format(self.format)
+        if not isinstance(fmt, IntFormat):
+            raise ConfigError(f"{fmt.name} is not a uniform integer format")
+        return fmt
 
     @property
     def granularity_value(self) -> Granularity:
@@ -123,6 +145,11 @@ class QuantScheme:
             raise ConfigError(f"a {mode.value} scheme needs an activation spec")
         if mode is QuantMode.WEIGHT_ONLY and self.activation is not None:
             raise ConfigError("a weight_only scheme takes no activation spec")
+        if self.activation is not None and not isinstance(self.activation.number_format, IntFormat):
+            raise ConfigError(
+                f"activations take uniform integer formats (int8, uint8...), "
+                f"got {self.activation.format!r}"
+            )
         if mode is QuantMode.DYNAMIC and self.activation.granularity_value.kind not in (
             GranularityKind.PER_TOKEN,
             GranularityKind.PER_TENSOR,

@@ -10,22 +10,46 @@ A format is a value (frozen dataclass) with a canonical name, so it round-trips 
 torch.bfloat16
 
 Integer formats of 2..16 bits (signed or unsigned) are *uniform* grids ``{qmin, ..., qmax}``;
-``fp16``/``bf16`` are float passthrough formats (a cast, no scale). Non-uniform grids (binary,
-ternary, NF4, power-of-two, k-means codebooks) plug in later as further ``NumberFormat`` kinds.
+``fp16``/``bf16`` are float passthrough formats (a cast, no scale). Non-uniform weights come in
+two kinds: a :class:`GridFormat` is a fixed grid of levels scaled per block (``nf4``, ``pot4``,
+``binary``, ``ternary``); a :class:`CodebookFormat` (``kmeans16``) learns its levels per layer or
+per output channel. Both store ``bits``-bit indices into their levels.
+
+>>> get_format("nf4").bits, get_format("ternary").bits, get_format("kmeans16").bits
+(4, 2, 4)
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import torch
 
 from lowbit.errors import ConfigError
+from lowbit.grids import (
+    BINARY_LEVELS,
+    TERNARY_LEVELS,
+    normal_float_levels,
+    power_of_two_levels,
+)
 
-__all__ = ["IntFormat", "FloatFormat", "NumberFormat", "get_format", "FORMAT_NAMES"]
+__all__ = [
+    "IntFormat",
+    "FloatFormat",
+    "GridFormat",
+    "CodebookFormat",
+    "NumberFormat",
+    "WeightFormat",
+    "get_format",
+    "FORMAT_NAMES",
+]
 
 _INT_RE = re.compile(r"^(u?)int(\d+)$")
+_GRID_RE = re.compile(r"^(nf|pot)(\d+)$")
+_KMEANS_RE = re.compile(r"^kmeans(\d+)$")
+_GRID_BITS = {"nf": (2, 8), "pot": (2, 6)}
 _FLOATS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -95,25 +119,110 @@ class FloatFormat:
         return self.name
 
 
-NumberFormat = IntFormat | FloatFormat
+@dataclass(frozen=True)
+class GridFormat:
+    """A fixed non-uniform grid: a block with scale ``s`` takes the values ``s * levels``.
+
+    ``nf2..nf8`` (normal float, NF4 = QLoRA's), ``pot2..pot6`` (powers of two), ``binary``
+    (1 bit) and ``ternary`` (2 bits). Codes are indices into the sorted levels.
+    """
+
+    name: str
+
+    def __post_init__(self) -> None:
+        key = self.name
+        m = _GRID_RE.match(key)
+        if key in ("binary", "ternary"):
+            return
+        if m is None:
+            raise ConfigError(f"unknown grid format {key!r}; use nfK, potK, binary or ternary")
+        lo, hi = _GRID_BITS[m.group(1)]
+        if not lo <= int(m.group(2)) <= hi:
+            raise ConfigError(f"{m.group(1)} grids take {lo}..{hi} bits, got {key!r}")
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        if self.name == "binary":
+            return BINARY_LEVELS
+        if self.name == "ternary":
+            return TERNARY_LEVELS
+        kind, bits = _GRID_RE.match(self.name).groups()
+        maker = normal_float_levels if kind == "nf" else power_of_two_levels
+        return maker(int(bits))
+
+    @property
+    def bits(self) -> int:
+        return max(1, math.ceil(math.log2(len(self.levels))))
+
+    @property
+    def is_integer(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class CodebookFormat:
+    """``k`` learned levels (a k-means codebook) and ``ceil(log2 k)``-bit indices into them."""
+
+    k: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.k <= 256:
+            raise ConfigError(f"k-means codebooks take k = 2..256 entries, got {self.k}")
+
+    @property
+    def name(self) -> str:
+        return f"kmeans{self.k}"
+
+    @property
+    def bits(self) -> int:
+        return math.ceil(math.log2(self.k))
+
+    @property
+    def is_integer(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+NumberFormat = IntFormat | FloatFormat | GridFormat | CodebookFormat
+WeightFormat = IntFormat | GridFormat | CodebookFormat  # what a weight spec may name
 
 FORMAT_NAMES = tuple(
-    [f"int{b}" for b in range(2, 17)] + [f"uint{b}" for b in range(2, 17)] + list(_FLOATS)
+    [f"int{b}" for b in range(2, 17)]
+    + [f"uint{b}" for b in range(2, 17)]
+    + list(_FLOATS)
+    + [f"nf{b}" for b in range(2, 9)]
+    + [f"pot{b}" for b in range(2, 7)]
+    + ["binary", "ternary", "kmeans4", "kmeans16", "kmeans256"]
 )
 
 
 def get_format(name: str | NumberFormat) -> NumberFormat:
-    """Parse a format name (``int8``, ``uint4``, ``int16``, ``fp16``, ``bf16``) into a format value."""
-    if isinstance(name, IntFormat | FloatFormat):
+    """Parse a format name into a format value.
+
+    Names: ``int2..int16``, ``uint2..uint16``, ``fp16``, ``bf16``, ``nf2..nf8``, ``pot2..pot6``,
+    ``binary``, ``ternary``, ``kmeans2..kmeans256``.
+    """
+    if isinstance(name, IntFormat | FloatFormat | GridFormat | CodebookFormat):
         return name
     if not isinstance(name, str):
         raise ConfigError(f"a number format is a name like 'int8', got {type(name).__name__}")
     key = name.strip().lower()
     if key in _FLOATS:
         return FloatFormat(key)
+    if key in ("binary", "ternary") or _GRID_RE.match(key):
+        return GridFormat(key)
+    m = _KMEANS_RE.match(key)
+    if m is not None:
+        return CodebookFormat(int(m.group(1)))
     m = _INT_RE.match(key)
     if m is None:
         raise ConfigError(
-            f"unknown number format {name!r}; use int2..int16, uint2..uint16, fp16 or bf16"
+            f"unknown number format {name!r}; use int2..int16, uint2..uint16, fp16, bf16, "
+            "nf2..nf8, pot2..pot6, binary, ternary or kmeans2..kmeans256"
         )
     return IntFormat(bits=int(m.group(2)), signed=m.group(1) == "")

@@ -32,11 +32,23 @@ def test_int4_kernel_matches_reference_and_float(layer):
     assert sqnr_db(layer(x), y) > 18  # 4-bit, 16 levels per group of 128
 
 
-def test_unsupported_shapes_fall_back_loudly(layer):
-    odd = nn.Linear(256, 10)  # the kernel needs out_features % 16 == 0
-    with pytest.warns(RuntimeWarning, match="out_features % 16"):
-        q = QuantLinear.from_float(odd, lowbit.get_preset("W4A16-g128"))
+def test_shapes_the_int4_kernel_rejects_run_on_the_int8_kernel():
+    torch.manual_seed(0)
+    odd = nn.Linear(256, 10)  # the int4 kernel needs out_features % 16 == 0
+    q = QuantLinear.from_float(odd, lowbit.get_preset("W4A16-g128"))
+    assert "int8pack" in q.kernel and "expanded to int8" in q.kernel
     x = torch.randn(4, 256)
+    assert sqnr_db(q._forward_reference(x), q(x)) > 35  # the 8-bit expansion is near-exact
+    assert sqnr_db(odd(x), q(x)) > 18
+
+
+def test_shapes_no_kernel_takes_fall_back_loudly():
+    odd = nn.Linear(200, 10)  # neither int4 (group 40) nor int8pack (K % 16) fits
+    spec = lowbit.TensorQuantSpec("uint4", "per_group:40", symmetric=False)
+    scheme = lowbit.QuantScheme("W4-g40", "weight_only", weight=spec, compute_dtype="bf16")
+    with pytest.warns(RuntimeWarning, match="multiple of 16"):
+        q = QuantLinear.from_float(odd, scheme)
+    x = torch.randn(4, 200)
     assert q.kernel.startswith("reference")
     assert sqnr_db(odd(x), q(x)) > 18
 

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
-from lowbit.errors import InvalidModelError
+from lowbit.formats import IntFormat
 from lowbit.kernels import cpu
 from lowbit.primitives import block_minmax, choose_qparams, dequantize, quantize
+from lowbit.weight_quant import QuantizedWeight, check_finite, dequantize_weight, quantize_weight
 
 __all__ = [
     "QuantModule",
@@ -32,49 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def check_finite(t: torch.Tensor, what: str) -> None:
-    """Raise :class:`InvalidModelError` naming ``what`` if ``t`` holds NaN or Inf."""
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
-        raise InvalidModelError(
-            f"{what} contains {n_bad} NaN/Inf value(s); lowbit cannot choose a range for it. "
-            "Fix or re-train the model, or exclude this layer with exclude=[...]."
-        )
-
-
-class QuantizedWeight:
-    """Integer codes of a weight viewed as ``[out_channels, -1]`` plus per-block qparams."""
-
-    def __init__(self, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor):
-        self.qdata, self.scale, self.zero_point = qdata, scale, zero_point
-
-
-def quantize_weight(weight: torch.Tensor, spec: TensorQuantSpec, what: str) -> QuantizedWeight:
-    """Round-to-nearest quantization of ``weight`` with min/max ranges per block.
-
-    The weight is viewed as 2-D ``[out, in * kernel...]`` so per-channel means per output channel
-    and per-group means groups along the flattened input dimension.
-    """
-    check_finite(weight, what)
-    fmt = spec.int_format
-    w2d = weight.detach().float().reshape(weight.shape[0], -1)
-    block = spec.granularity_value.block_size(tuple(w2d.shape))
-    lo, hi = block_minmax(w2d, block)
-    scale, zp = choose_qparams(lo, hi, fmt, spec.symmetric)
-    if fmt.bits < 8:
-        # Sub-8-bit grids carry many scales (one per group): keep them in bf16 and the zero points
-        # in int8, so they cost ~0.2 bit per weight at group 128 instead of ~0.5. The codes are
-        # computed with the rounded scale, so saving loses nothing.
-        scale = scale.to(torch.bfloat16)
-        if not spec.symmetric:
-            zp = torch.clamp(
-                fmt.qmin - torch.round(lo.clamp(max=0) / scale.float()), fmt.qmin, fmt.qmax
-            )
-        zp = zp.to(torch.int8)
-    q = quantize(w2d, scale.float(), zp, fmt, block)
-    return QuantizedWeight(q.reshape(weight.shape), scale, zp)
 
 
 class QuantModule(nn.Module):
@@ -108,33 +66,63 @@ class QuantModule(nn.Module):
             self.register_buffer("input_zero_point", input_qparams[1].reshape(()).to(torch.int32))
 
     def _register_qweight(self, qw: QuantizedWeight) -> None:
+        """Buffers ``qweight`` plus ``weight_scale``/``weight_zero_point``/``weight_codebook``
+        (whichever the format has). fp32/int32 qparams at 8 bits and wider, bf16/int8 below."""
         self.register_buffer("qweight", qw.qdata)
-        # fp32/int32 for 8-bit and wider, bf16/int8 below 8 bits (see quantize_weight)
-        low_bit = qw.scale.dtype == torch.bfloat16
-        self.register_buffer("weight_scale", qw.scale if low_bit else qw.scale.float())
-        self.register_buffer(
-            "weight_zero_point", qw.zero_point.to(torch.int8 if low_bit else torch.int32)
-        )
+        low_bit = qw.scale is not None and qw.scale.dtype == torch.bfloat16
+        if qw.scale is not None:
+            self.register_buffer("weight_scale", qw.scale if low_bit else qw.scale.float())
+        if qw.zero_point is not None:
+            zp_dtype = torch.int8 if low_bit else torch.int32
+            self.register_buffer("weight_zero_point", qw.zero_point.to(zp_dtype))
+        if qw.codebook is not None:
+            self.register_buffer("weight_codebook", qw.codebook)
         # Derived kernel data must follow the stored tensors after load_state_dict.
         self.register_load_state_dict_post_hook(lambda module, _keys: module._prepare())
 
-    def _weight_block(self) -> tuple[int, ...]:
-        w2d_shape = (self.qweight.shape[0], self.qweight[0].numel())
-        return self.scheme.weight.granularity_value.block_size(w2d_shape)
+    def _quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(
+            self.qweight,
+            getattr(self, "weight_scale", None),
+            getattr(self, "weight_zero_point", None),
+            getattr(self, "weight_codebook", None),
+        )
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float weight the integer codes stand for (for reference paths and analysis)."""
-        q2d = self.qweight.reshape(self.qweight.shape[0], -1)
-        scale = self.weight_scale.float()
-        w = dequantize(q2d, scale, self.weight_zero_point, self._weight_block())
-        return w.reshape(self.qweight.shape)
+        """The float weight the codes stand for (for reference paths and analysis)."""
+        return dequantize_weight(self._quantized_weight(), self.scheme.weight)
 
     def _per_channel_scale(self) -> torch.Tensor | None:
-        """``[out]`` weight scale when one scale per output channel suffices, else None."""
-        s = self.weight_scale
-        if s.shape[-1] != 1 or bool((self.weight_zero_point != 0).any()):
+        """``[out]`` scale when the codes are symmetric integers with one scale per channel."""
+        s = getattr(self, "weight_scale", None)
+        zp = getattr(self, "weight_zero_point", None)
+        if s is None or zp is None or s.shape[-1] != 1 or bool((zp != 0).any()):
             return None
         return s.float().reshape(-1).expand(self.qweight.shape[0]).contiguous()
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
+        """``(q, s, exact)``: an int8 ``[out, ...]`` weight and ``[out]`` fp32 scales for int8 kernels.
+
+        Symmetric integer codes with one scale per channel are used as they are. Formats below
+        8 bits and non-uniform ones are expanded once (at load) from their dequantized values,
+        ``q = round(w / s)`` with ``s = max|w_c| / 127`` per output channel: exact for grids on
+        that lattice (binary, ternary), otherwise rounded to 8 bits (≤ 0.4 % of each channel's
+        range, far below the low-bit format's own error). ``exact`` says which. Returns None for
+        8-bit-and-wider codes the kernels cannot read (rounding them again would change the
+        user's chosen precision).
+        """
+        scale = self._per_channel_scale()
+        if scale is not None and self.qweight.dtype == torch.int8:
+            return self.qweight, scale, True
+        fmt = self.scheme.weight.number_format
+        if isinstance(fmt, IntFormat) and fmt.bits >= 8:
+            return None
+        w = self.dequantized_weight()
+        w2d = w.reshape(w.shape[0], -1)
+        scale = (w2d.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        q = torch.round(w2d / scale[:, None]).clamp_(-127, 127)
+        exact = bool(torch.allclose(q * scale[:, None], w2d, rtol=1e-6, atol=0))
+        return q.to(torch.int8).reshape(w.shape), scale, exact
 
     def _prepare(self) -> None:  # pragma: no cover - every subclass overrides
         raise NotImplementedError

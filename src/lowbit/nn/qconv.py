@@ -88,8 +88,8 @@ class QuantConv(QuantModule):
         return {**super().layer_spec(), "has_bias": self.bias is not None}
 
     def _prepare(self) -> None:
-        mode, w_scale = self.scheme.mode, self._per_channel_scale()
-        self._fast, self._w_scale = True, w_scale
+        mode = self.scheme.mode
+        self._fast = True
         if mode is QuantMode.WEIGHT_ONLY:
             self.kernel = "dequantize + bf16 conv (no fused weight-only int8 conv in torch)"
             return
@@ -97,15 +97,19 @@ class QuantConv(QuantModule):
         act = self.scheme.activation
         if mode is QuantMode.STATIC:
             self._codes = ActivationCodes(act, self.input_scale, self.input_zero_point)
-        if w_scale is None or self.qweight.dtype != torch.int8 or act.int_format.bits != 8:
+        int8 = self.int8_weight()  # sub-8-bit / non-uniform weights: expanded per channel
+        if int8 is None or act.int_format.bits != 8:
             self._fast = False
             self._fallback("int8 conv takes 8-bit activations and symmetric per-channel weights")
         elif not cpu.has_onednn_qconv():
             self._fast = False
             self._fallback("oneDNN int8 convolution is not in this torch build")
         else:
+            w_int8, self._w_scale, _exact = int8
+            if w_int8 is not self.qweight:
+                self.kernel += f", {self.scheme.weight.format} codes expanded to int8 at load"
             self._packed = cpu.prepack_int8_conv(
-                self.qweight, w_scale, self.stride, self.padding, self.dilation, self.groups
+                w_int8, self._w_scale, self.stride, self.padding, self.dilation, self.groups
             )
 
     def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
@@ -177,7 +181,8 @@ class QuantConv(QuantModule):
     def _conv_reference(self, qx: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
         """Exact integer convolution, then ``acc * s_x * s_w + b``: the oracle of the fast path."""
         shape = [1, -1] + [1] * self.dims
-        if self._w_scale is None:  # general weight grids: convolve the dequantized values
+        w_scale = self._per_channel_scale()
+        if w_scale is None or self.qweight.dtype != torch.int8:  # other grids: dequantized values
             xd = (qx.double() - zp) * scale
             y = CONV_FN[self.dims](
                 xd,
@@ -192,7 +197,7 @@ class QuantConv(QuantModule):
             acc = reference.int8_conv_ref(
                 qx, zp, self.qweight, self.stride, self.padding, self.dilation, self.groups
             )
-            y = acc * (self._w_scale.double() * scale).reshape(shape)
+            y = acc * (w_scale.double() * scale).reshape(shape)
         if self.bias is not None:
             y = y + self.bias.double().reshape(shape)
         return y.float()

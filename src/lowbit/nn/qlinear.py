@@ -4,7 +4,13 @@ Modes (from the scheme):
 
 * static  ``y = (acc - z_x * colsum(q_w)) * s_x * s_w + b``, ``acc = q_x @ q_w^T`` (int32)
 * dynamic ``y = acc * s_x[m] * s_w[n] + b`` with per-token ``s_x`` computed from each input
-* weight-only ``y = bf16(x) @ (q_w * s_w)^T + b`` on ``_weight_int8pack_mm``
+* weight-only ``y = bf16(x) @ (q_w * s_w)^T + b`` on ``_weight_int8pack_mm``; uniform weights of
+  2..4 bits on ``_weight_int4pack_mm_for_cpu`` instead
+
+Non-uniform weights (NF4, power-of-two, binary/ternary, k-means) and any other format the int8
+kernels cannot read directly are expanded once, at load, to int8 with one scale per output
+channel (:meth:`QuantModule.int8_weight`), then run on the same int8 kernels. A per-call lookup
+table dequantize was measured ~30x slower than float32 at batch 1 (benchmarks/RESULTS.md).
 
 The static zero-point correction and the bias fold into one vector,
 ``b' = b - z_x * s_x * s_w * colsum(q_w)``, so the epilogue is a single ``addcmul``.
@@ -17,12 +23,14 @@ The static zero-point correction and the bias fold into one vector,
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme
+from lowbit.formats import IntFormat
 from lowbit.granularity import GranularityKind
 from lowbit.kernels import cpu
 from lowbit.nn.base import (
@@ -38,6 +46,8 @@ from lowbit.nn.base import (
 )
 
 __all__ = ["QuantLinear"]
+
+log = logging.getLogger(__name__)
 
 
 class QuantLinear(QuantModule):
@@ -85,66 +95,94 @@ class QuantLinear(QuantModule):
     # -- kernel selection ------------------------------------------------------------------------
     def _prepare(self) -> None:
         """Derive kernel-side data from the stored tensors and choose the kernel."""
-        mode, w_scale = self.scheme.mode, self._per_channel_scale()
-        int8_weights = self.qweight.dtype == torch.int8
+        mode = self.scheme.mode
         self._fast, self._int4 = True, None
-        if mode is QuantMode.WEIGHT_ONLY and self.scheme.weight.int_format.bits == 4:
-            self._prepare_int4()
+        if mode is QuantMode.STATIC:
+            self._codes = ActivationCodes(
+                self.scheme.activation, self.input_scale, self.input_zero_point
+            )
+        if mode is QuantMode.WEIGHT_ONLY and self._try_int4():
             return
+        int8 = self.int8_weight()
+        self._w_int8, self._w_scale, exact = int8 or (None, None, True)
+        expanded = (
+            ""
+            if self._w_int8 is self.qweight or int8 is None
+            else (
+                f", {self.scheme.weight.format} codes expanded to int8 at load"
+                + ("" if exact else " (values rounded to 8 bits)")
+            )
+        )
         if mode is QuantMode.WEIGHT_ONLY:
             self.kernel = (
-                "aten._weight_int8pack_mm (bf16 activations; >=160 rows: dequant + bf16 GEMM)"
+                "aten._weight_int8pack_mm (bf16 activations; >=160 rows: dequant + bf16 GEMM"
+                f"{expanded})"
             )
-            if w_scale is None or not int8_weights or self.scheme.weight.int_format.bits != 8:
+            if int8 is None:
                 self._fast = False
                 self._fallback("weight-only kernel takes int8 per-channel symmetric weights")
-            elif not cpu.supports_weight_int8pack(self.in_features):
+                return
+            if not cpu.supports_weight_int8pack(self.in_features):
                 self._fast = False
                 self._fallback(f"in_features={self.in_features} is not a multiple of 16")
-            self._scale_bf16 = None if w_scale is None else w_scale.to(torch.bfloat16)
+            self._scale_bf16 = self._w_scale.to(torch.bfloat16)
             return
-        self.kernel = "aten._int_mm (int8 x int8 -> int32)"
-        if w_scale is None or not int8_weights:
+        self.kernel = f"aten._int_mm (int8 x int8 -> int32{expanded})"
+        if int8 is None:
             self._fast = False
             self._fallback("int8 GEMM takes one symmetric weight scale per output channel")
-        elif not cpu.has_int_mm():
+            return
+        if not cpu.has_int_mm():
             self._fast = False
             self._fallback("torch._int_mm is not available in this torch build")
-        self._w_scale = w_scale
         act = self.scheme.activation
         if mode is QuantMode.DYNAMIC:
             self._per_token = act.granularity_value.kind is GranularityKind.PER_TOKEN
             if self._fast and (act.format != "int8" or not act.symmetric):
                 self._fast = False
                 self._fallback("dynamic fast path takes symmetric int8 activations")
-        if mode is QuantMode.STATIC:
-            self._codes = ActivationCodes(
-                self.scheme.activation, self.input_scale, self.input_zero_point
-            )
-            if not self._codes.fits_int8 and self._fast:
-                self._fast = False
-                self._fallback("activations wider than 8 bits")
-            if w_scale is not None:
-                out_scale = w_scale * self._codes.scale
-                colsum = self.qweight.to(torch.int64).sum(dim=1).float()
-                bias = torch.zeros_like(out_scale) if self.bias is None else self.bias
-                self._out_scale = out_scale
-                self._bias_eff = bias - self._codes.zero_point * out_scale * colsum
+            return
+        if not self._codes.fits_int8 and self._fast:
+            self._fast = False
+            self._fallback("activations wider than 8 bits")
+        out_scale = self._w_scale * self._codes.scale
+        colsum = self._w_int8.to(torch.int64).sum(dim=1).float()
+        bias = torch.zeros_like(out_scale) if self.bias is None else self.bias
+        self._out_scale = out_scale
+        self._bias_eff = bias - self._codes.zero_point * out_scale * colsum
 
-    def _prepare_int4(self) -> None:
-        """4-bit group-wise weights on ``aten._weight_int4pack_mm_for_cpu`` (bf16 activations)."""
-        self.kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+    def _try_int4(self) -> bool:
+        """Uniform weights of <= 4 bits on ``aten._weight_int4pack_mm_for_cpu`` when it fits.
+
+        2- and 3-bit codes are valid 4-bit codes, so W3/W2 group-wise schemes run on the same
+        kernel exactly; per-channel scales are repeated over the largest group size that
+        divides ``in_features``. Returns False (another kernel is chosen) when the shape does not
+        fit, with the reason logged.
+        """
+        fmt = self.scheme.weight.number_format
+        if not isinstance(fmt, IntFormat) or fmt.bits > 4:
+            return False
         gran = self.scheme.weight.granularity_value
-        group = gran.group_size if gran.kind is GranularityKind.PER_GROUP else None
+        scale, zp = self.weight_scale, self.weight_zero_point
+        if gran.kind is GranularityKind.PER_GROUP:
+            group = gran.group_size
+        elif gran.kind is GranularityKind.PER_TENSOR or (
+            gran.kind is GranularityKind.PER_CHANNEL and gran.axis == 0
+        ):
+            group = next((g for g in (256, 128, 64, 32) if self.in_features % g == 0), None)
+            if group is not None:
+                n_groups = self.in_features // group
+                scale = scale.reshape(-1, 1).expand(self.out_features, n_groups)
+                zp = zp.reshape(-1, 1).expand(self.out_features, n_groups)
+        else:
+            return False
         reason = cpu.int4_unsupported_reason(self.out_features, self.in_features, group)
         if reason is not None:
-            self._fast = False
-            self._fallback(reason)
-            return
-        fmt = self.scheme.weight.int_format
-        self._int4 = cpu.prepack_int4(
-            self.qweight, self.weight_scale, self.weight_zero_point, fmt.qmin, group
-        )
+            log.info("QuantLinear %s: not on the int4 kernel: %s", self.scheme.name, reason)
+            return False
+        self.kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+        self._int4 = cpu.prepack_int4(self.qweight, scale, zp, fmt.qmin, group)
+        return True
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,14 +199,14 @@ class QuantLinear(QuantModule):
             y = cpu.int4_matmul(x2, *self._int4)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
         elif self.scheme.mode is QuantMode.WEIGHT_ONLY:
-            y = cpu.weight_int8_matmul(x2, self.qweight, self._scale_bf16)
+            y = cpu.weight_int8_matmul(x2, self._w_int8, self._scale_bf16)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
         elif self.scheme.mode is QuantMode.DYNAMIC:
             qx, sx = cpu.quantize_dynamic_int8(x2, self._per_token)
-            acc = cpu.int8_matmul(qx, self.qweight)
+            acc = cpu.int8_matmul(qx, self._w_int8)
             y = cpu.dequantize_accumulator(acc, sx, self._w_scale, self.bias)
         else:
-            acc = cpu.int8_matmul(self._codes(x2.float()), self.qweight)
+            acc = cpu.int8_matmul(self._codes(x2.float()), self._w_int8)
             y = cpu.dequantize_accumulator(acc, None, self._out_scale, self._bias_eff)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 

@@ -1,0 +1,1 @@
+"""Quantization algorithms: pure math cores, one file each, written in their paper's notation."""
