@@ -58,7 +58,7 @@ def test_spec_normalizes_its_fields() -> None:
     [
         ({"format": "fp16"}, "integer, grid or codebook"),
         ({"format": "nf4", "symmetric": False}, "symmetric by construction"),
-        ({"format": "kmeans16", "granularity": "per_group:64"}, "per output channel"),
+        ({"format": "kmeans16", "granularity": "per_token"}, "per output channel"),
         ({"format": "int17"}, "2..16"),
         ({"granularity": "per_row"}, "unknown granularity"),
         ({"range_method": "median"}, "unknown range_method"),

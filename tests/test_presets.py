@@ -78,7 +78,7 @@ def test_unknown_preset_suggests_a_close_match(typo: str, suggestion: str) -> No
 
 
 def test_unknown_preset_without_close_match_still_lists_presets() -> None:
-    with pytest.raises(UnknownPresetError, match="Known presets: BF16, FP16") as info:
+    with pytest.raises(UnknownPresetError, match="Known presets: BF16, BINARY, FP16") as info:
         get_preset("zzzzzzzz")
     assert "Did you mean" not in str(info.value)
 

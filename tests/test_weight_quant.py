@@ -26,6 +26,7 @@ SPECS = [
     ("kmeans16", "per_tensor", 19),
     ("kmeans4", "per_channel", 9),
     ("kmeans256", "per_tensor", 35),
+    ("kmeans16", "per_group:32", 20),
 ]
 
 
@@ -64,6 +65,8 @@ def test_codebooks_are_per_layer_or_per_channel_and_fp16() -> None:
     rows = quantize_weight(w, TensorQuantSpec("kmeans16", "per_channel"), "w")
     assert layer.codebook.shape == (1, 16) and rows.codebook.shape == (8, 16)
     assert layer.codebook.dtype == torch.float16 and layer.scale is None
+    scaled = quantize_weight(w, TensorQuantSpec("kmeans16", "per_group:32"), "w")
+    assert scaled.codebook.shape == (1, 16) and scaled.scale.shape == (8, 2)
 
 
 def test_nan_weights_are_named() -> None:

@@ -68,13 +68,13 @@ class TensorQuantSpec:
         object.__setattr__(self, "granularity", str(gran))
         if not isinstance(fmt, IntFormat) and not self.symmetric:
             raise ConfigError(f"{fmt.name} is symmetric by construction; drop symmetric=False")
-        if isinstance(fmt, CodebookFormat) and not (
-            gran.kind is GranularityKind.PER_TENSOR
-            or (gran.kind is GranularityKind.PER_CHANNEL and gran.axis == 0)
+        if isinstance(fmt, CodebookFormat) and (
+            gran.kind is GranularityKind.PER_TOKEN
+            or (gran.kind is GranularityKind.PER_CHANNEL and gran.axis != 0)
         ):
             raise ConfigError(
-                f"{fmt.name} learns one codebook per layer (per_tensor) or per output channel "
-                f"(per_channel), not {gran}"
+                f"{fmt.name} learns one codebook per layer (per_tensor), per output channel "
+                f"(per_channel) or per layer over group-scaled weights (per_group:N), not {gran}"
             )
         try:
             object.__setattr__(self, "range_method", RangeMethod(self.range_method))

@@ -1,5 +1,6 @@
 """Named schemes in industry shorthand: ``W8A8``, ``W8A8-dynamic``, ``W8A16``, ``W4A16-g128``,
-``FP16``, ``BF16``.
+``W4A16``, ``W3A16-g128``, ``W2A16-g64``, ``W4A8``, ``NF4``, ``POT4``, ``KMEANS16``, ``KMEANS4``,
+``TERNARY``, ``BINARY``, ``FP16``, ``BF16``.
 
 ``W{w}A{a}``: weights of ``w`` bits, activations of ``a`` bits. ``A16`` means weight-only
 quantization with 16-bit (bf16) activations; ``-dynamic`` means activation scales are computed
@@ -8,8 +9,8 @@ input weights.
 
 >>> get_preset("W8A8").mode.value
 'static'
->>> sorted(PRESETS)[:3]
-['BF16', 'FP16', 'W8A16']
+>>> get_preset("NF4").weight.format
+'nf4'
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ from lowbit.errors import UnknownPresetError
 __all__ = ["PRESETS", "get_preset", "preset_names"]
 
 _W8_PER_CHANNEL = TensorQuantSpec(format="int8", granularity="per_channel", symmetric=True)
+_A8_STATIC = TensorQuantSpec(format="int8", granularity="per_tensor", symmetric=False)
+_A8_PER_TOKEN = TensorQuantSpec(format="int8", granularity="per_token", symmetric=True)
+
+
+def _weight_only(name: str, fmt: str, granularity: str, symmetric: bool = True) -> QuantScheme:
+    weight = TensorQuantSpec(format=fmt, granularity=granularity, symmetric=symmetric)
+    return QuantScheme(name=name, mode=QuantMode.WEIGHT_ONLY, weight=weight, compute_dtype="bf16")
+
 
 PRESETS: dict[str, QuantScheme] = {
     # Static: per-tensor asymmetric int8 activations calibrated on user batches.
@@ -29,26 +38,46 @@ PRESETS: dict[str, QuantScheme] = {
         name="W8A8",
         mode=QuantMode.STATIC,
         weight=_W8_PER_CHANNEL,
-        activation=TensorQuantSpec(format="int8", granularity="per_tensor", symmetric=False),
+        activation=_A8_STATIC,
     ),
     # Dynamic: one symmetric scale per token (row) computed from each input at run time.
     "W8A8-dynamic": QuantScheme(
         name="W8A8-dynamic",
         mode=QuantMode.DYNAMIC,
         weight=_W8_PER_CHANNEL,
-        activation=TensorQuantSpec(format="int8", granularity="per_token", symmetric=True),
+        activation=_A8_PER_TOKEN,
     ),
     # Weight-only: int8 weights, bf16 activations (the fast 16-bit type on AVX-512 BF16 CPUs).
     "W8A16": QuantScheme(
         name="W8A16", mode=QuantMode.WEIGHT_ONLY, weight=_W8_PER_CHANNEL, compute_dtype="bf16"
     ),
     # 4-bit asymmetric weights in groups of 128 (bf16 scales, int8 zero points), bf16 activations.
-    "W4A16-g128": QuantScheme(
-        name="W4A16-g128",
-        mode=QuantMode.WEIGHT_ONLY,
-        weight=TensorQuantSpec(format="uint4", granularity="per_group:128", symmetric=False),
-        compute_dtype="bf16",
+    "W4A16-g128": _weight_only("W4A16-g128", "uint4", "per_group:128", symmetric=False),
+    # Per-channel asymmetric 4-bit weights (int4 kernel, scales repeated over groups).
+    "W4A16": _weight_only("W4A16", "uint4", "per_channel", symmetric=False),
+    "W3A16-g128": _weight_only("W3A16-g128", "uint3", "per_group:128", symmetric=False),
+    "W2A16-g64": _weight_only("W2A16-g64", "uint2", "per_group:64", symmetric=False),
+    # 4-bit symmetric per-channel weights with int8 activations: the codes go straight into the
+    # int8 GEMM (they are valid int8), so only the disk and memory savings differ from W8A8.
+    "W4A8": QuantScheme(
+        name="W4A8",
+        mode=QuantMode.STATIC,
+        weight=TensorQuantSpec(format="int4", granularity="per_channel", symmetric=True),
+        activation=_A8_STATIC,
     ),
+    "W4A8-dynamic": QuantScheme(
+        name="W4A8-dynamic",
+        mode=QuantMode.DYNAMIC,
+        weight=TensorQuantSpec(format="int4", granularity="per_channel", symmetric=True),
+        activation=_A8_PER_TOKEN,
+    ),
+    # Non-uniform grids and codebooks (weight-only, bf16 activations).
+    "NF4": _weight_only("NF4", "nf4", "per_group:64"),  # QLoRA: NF4 levels, absmax per 64
+    "POT4": _weight_only("POT4", "pot4", "per_channel"),  # {0, ±2^-6..±1} x channel scale
+    "KMEANS16": _weight_only("KMEANS16", "kmeans16", "per_tensor"),  # 16 shared values a layer
+    "KMEANS4": _weight_only("KMEANS4", "kmeans4", "per_tensor"),
+    "TERNARY": _weight_only("TERNARY", "ternary", "per_channel"),  # TWN {-a, 0, +a}
+    "BINARY": _weight_only("BINARY", "binary", "per_channel"),  # XNOR-Net sign(w) * mean|w|
     "FP16": QuantScheme(name="FP16", mode=QuantMode.CAST, compute_dtype="fp16"),
     "BF16": QuantScheme(name="BF16", mode=QuantMode.CAST, compute_dtype="bf16"),
 }

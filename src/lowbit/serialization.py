@@ -119,9 +119,10 @@ def _pack_low_bit_(tensors: dict[str, torch.Tensor], layers: dict[str, Any]) -> 
         fmt = get_format(weight["format"])
         if fmt.bits >= 8:
             continue
+        qmin = getattr(fmt, "qmin", 0)  # grid and codebook codes are already indices >= 0
         codes = tensors[key]
-        tensors[key] = pack(codes.to(torch.int16) - fmt.qmin, fmt.bits)
-        packed[key] = {"bits": fmt.bits, "qmin": fmt.qmin, "shape": list(codes.shape)}
+        tensors[key] = pack(codes.to(torch.int16) - qmin, fmt.bits)
+        packed[key] = {"bits": fmt.bits, "qmin": qmin, "shape": list(codes.shape)}
     return packed
 
 

@@ -8,7 +8,8 @@ Three kinds, one per format kind (the weight is viewed as 2-D ``[out, in * kerne
   and for ternary the TWN rule (Li et al. 2016): threshold ``Δ = 0.7 * mean|w|``, codes
   ``sign(w) * [|w| > Δ]``, ``α = mean of |w| over |w| > Δ``;
 * **codebook** (``kmeansK``): ``w ≈ C[g, q]`` with a k-means codebook per layer (per_tensor) or
-  per output channel (per_channel).
+  per output channel (per_channel); with per_group:N, ``w ≈ s * C[q]``: one codebook per layer
+  fitted to the weights divided by their group's absmax ``s`` (a learned NF4-like grid).
 
 Below 8 bits, scales are kept in bf16 and zero points in int8 (they cost ~0.2 bit per weight at
 group 128 instead of ~0.5), codebooks in fp16; codes are always computed *against the rounded
@@ -113,12 +114,22 @@ def _grid(w2d: torch.Tensor, fmt: GridFormat, block: tuple[int, ...]) -> Quantiz
 
 
 def _codebook(w2d: torch.Tensor, fmt: CodebookFormat, spec: TensorQuantSpec) -> QuantizedWeight:
-    kind = spec.granularity_value.kind
-    groups = w2d.reshape(1, -1) if kind is GranularityKind.PER_TENSOR else w2d
+    gran = spec.granularity_value
+    scale = None
+    if gran.kind is GranularityKind.PER_CHANNEL:
+        groups = w2d  # one codebook per output channel
+    elif gran.kind is GranularityKind.PER_GROUP:
+        # one codebook per layer, fitted to the weights divided by their group's absmax
+        block = gran.block_size(tuple(w2d.shape))
+        v = block_view(w2d, block)
+        scale = v.abs().amax(dim=(1, 3)).clamp(min=1e-12).to(torch.bfloat16)
+        groups = (v / expand_params(scale.float(), block)).reshape(1, -1)
+    else:
+        groups = w2d.reshape(1, -1)  # one codebook per layer
     centroids, _ = kmeans_1d(groups, fmt.k)
     book = centroids.to(torch.float16)
     codes = nearest_level(groups, book.float())  # against the stored (fp16) codebook
-    return QuantizedWeight(codes.reshape(w2d.shape).to(torch.uint8), codebook=book)
+    return QuantizedWeight(codes.reshape(w2d.shape).to(torch.uint8), scale, codebook=book)
 
 
 def dequantize_weight(qw: QuantizedWeight, spec: TensorQuantSpec) -> torch.Tensor:
@@ -126,12 +137,11 @@ def dequantize_weight(qw: QuantizedWeight, spec: TensorQuantSpec) -> torch.Tenso
     fmt = spec.number_format
     q2d = qw.qdata.reshape(qw.qdata.shape[0], -1)
     if isinstance(fmt, CodebookFormat):
-        book = qw.codebook.float()
-        idx = q2d.long()
-        if book.shape[0] == 1:
-            w = book[0][idx]
-        else:
-            w = book.gather(1, idx)
+        book, idx = qw.codebook.float(), q2d.long()
+        w = book[0][idx] if book.shape[0] == 1 else book.gather(1, idx)
+        if qw.scale is not None:  # per-group scales over a shared codebook
+            block = spec.granularity_value.block_size(tuple(q2d.shape))
+            w = block_view(w, block) * expand_params(qw.scale.float(), block)
         return w.reshape(qw.qdata.shape)
     block = spec.granularity_value.block_size(tuple(q2d.shape))
     if isinstance(fmt, GridFormat):

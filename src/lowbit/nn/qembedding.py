@@ -1,9 +1,10 @@
-"""``QuantEmbedding``: an ``nn.Embedding`` table stored as int8 rows (or fp16/bf16).
+"""``QuantEmbedding``: an ``nn.Embedding`` table stored as integer codes (or fp16/bf16).
 
 A lookup gathers integer rows and scales them: ``y = q_w[ids] * s[ids]`` with one symmetric scale
 per row (per token of the vocabulary). There is no matmul, so activations need no quantization:
 every integer scheme stores the table in ``weight`` format, and cast schemes store it in half
-precision. For a transformer, the embedding table is often the largest tensor (all-MiniLM-L6-v2:
+precision. Group-wise schemes keep their groups along each row (a row is one token's vector);
+grid and codebook formats (NF4, k-means...) gather code rows and dequantize just those. For a transformer, the embedding table is often the largest tensor (all-MiniLM-L6-v2:
 47 of its 91 MB), so this is where most of the size goes.
 
 >>> emb = QuantEmbedding.from_float(nn.Embedding(100, 16), get_preset("W8A8-dynamic"))
@@ -20,8 +21,10 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme
-from lowbit.formats import get_format
+from lowbit.formats import CodebookFormat, IntFormat, get_format
+from lowbit.granularity import GranularityKind
 from lowbit.nn.base import QuantizedWeight, QuantModule, check_finite, quantize_weight
+from lowbit.weight_quant import dequantize_weight
 
 __all__ = ["QuantEmbedding", "embedding_unsupported_reason"]
 
@@ -52,15 +55,28 @@ class QuantEmbedding(QuantModule):
             self.kernel = f"{scheme.compute_dtype} gather"
         else:
             self._register_qweight(qweight)
-            self.kernel = "int8 gather + per-row scale"
             self._prepare()
 
     @staticmethod
-    def _row_scheme(scheme: QuantScheme) -> QuantScheme:
-        """Tables are quantized per row whatever the scheme's weight granularity says."""
+    def _row_scheme(scheme: QuantScheme, dim: int) -> QuantScheme:
+        """Rows are the unit of lookup: per-row (or per-group-within-row) parameters only.
+
+        8-bit-and-wider integer tables use one symmetric scale per row (the fast gather);
+        codebooks keep their per-layer or per-row codebook; group-wise schemes keep their groups
+        when the group size divides the row; anything else becomes per row.
+        """
         if scheme.mode is QuantMode.CAST:
             return scheme
-        weight = dataclasses.replace(scheme.weight, granularity="per_channel", symmetric=True)
+        w = scheme.weight
+        fmt, gran = w.number_format, w.granularity_value
+        if isinstance(fmt, CodebookFormat):
+            return scheme
+        if gran.kind is GranularityKind.PER_GROUP and dim % gran.group_size == 0:
+            return scheme
+        wide_int = isinstance(fmt, IntFormat) and fmt.bits >= 8
+        weight = dataclasses.replace(
+            w, granularity="per_channel", symmetric=True if wide_int else w.symmetric
+        )
         return dataclasses.replace(scheme, weight=weight)
 
     @classmethod
@@ -68,7 +84,7 @@ class QuantEmbedding(QuantModule):
         cls, emb: nn.Embedding, scheme: QuantScheme, input_qparams=None, name: str = "embedding"
     ) -> QuantEmbedding:
         check_finite(emb.weight, f"{name}.weight")
-        scheme = cls._row_scheme(scheme)
+        scheme = cls._row_scheme(scheme, emb.embedding_dim)
         if scheme.mode is QuantMode.CAST:
             half = emb.weight.detach().to(get_format(scheme.compute_dtype).torch_dtype)
             return cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, scheme, None, half)
@@ -86,14 +102,36 @@ class QuantEmbedding(QuantModule):
         return cls.from_float(shell, QuantScheme.from_dict(spec["scheme"]))
 
     def _prepare(self) -> None:
-        if self.scheme.mode is not QuantMode.CAST:
-            self._row_scale = self.weight_scale.reshape(-1, 1)
+        if self.scheme.mode is QuantMode.CAST:
+            return
+        # The fast gather needs integer codes with one symmetric scale per row.
+        self._row_scale = self._per_channel_scale()
+        if self._row_scale is not None:
+            self._row_scale = self._row_scale.reshape(-1, 1)
+            self.kernel = "int8 gather + per-row scale"
+        else:
+            self.kernel = f"gather {self.scheme.weight.format} code rows + dequantize"
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.is_floating_point():
             raise ValueError(f"QuantEmbedding takes integer ids, got {ids.dtype}")
         if self.scheme.mode is QuantMode.CAST:
             return nn.functional.embedding(ids, self.weight).float()
-        rows = nn.functional.embedding(ids, self.qweight)
-        scale = nn.functional.embedding(ids, self._row_scale)
-        return rows.to(torch.float32).mul_(scale)
+        if self._row_scale is not None:
+            rows = nn.functional.embedding(ids, self.qweight)
+            scale = nn.functional.embedding(ids, self._row_scale)
+            return rows.to(torch.float32).mul_(scale)
+        return self._gather_dequantize(ids)
+
+    def _gather_dequantize(self, ids: torch.Tensor) -> torch.Tensor:
+        """Dequantize only the looked-up rows: their codes with their rows of parameters."""
+        flat = ids.reshape(-1)
+        qw = self._quantized_weight()
+        book = qw.codebook
+        rows = QuantizedWeight(
+            qw.qdata[flat],
+            None if qw.scale is None else qw.scale[flat],
+            None if qw.zero_point is None else qw.zero_point[flat],
+            book if book is None or book.shape[0] == 1 else book[flat],
+        )
+        return dequantize_weight(rows, self.scheme.weight).reshape(*ids.shape, -1)
