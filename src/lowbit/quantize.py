@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import ConfigError, InvalidModelError
+from lowbit.granularity import GranularityKind
 from lowbit.nn import is_quantizable, layer_class, unsupported_reason
 from lowbit.nn.base import check_finite, static_input_qparams
 from lowbit.presets import get_preset
@@ -92,7 +93,7 @@ def _plan(model: nn.Module, config: QuantConfig, record: QuantizationRecord) -> 
         if not is_quantizable(module) and unsupported_reason(module) is None:
             continue
         scheme = scheme_for(name, config)
-        reason = unsupported_reason(module)
+        reason = unsupported_reason(module) or _group_misfit(module, scheme)
         if scheme is None:
             record.skipped[name] = "excluded by include/exclude patterns"
         elif reason is not None:
@@ -101,6 +102,27 @@ def _plan(model: nn.Module, config: QuantConfig, record: QuantizationRecord) -> 
         else:
             plan[name] = (module, scheme)
     return plan
+
+
+def _group_misfit(module: nn.Module, scheme: QuantScheme | None) -> str | None:
+    """Why a group-wise scheme cannot split this layer's weight rows into groups (else None).
+
+    Embedding tables fall back to per-row scales on their own; matmul and conv layers whose
+    row length (``in_features``, or ``in_channels/groups * kernel size``) the group size does
+    not divide stay in float, as in GPTQ/AWQ tool chains.
+    """
+    if scheme is None or scheme.weight is None or isinstance(module, nn.Embedding):
+        return None
+    gran = scheme.weight.granularity_value
+    if gran.kind is not GranularityKind.PER_GROUP:
+        return None
+    row = module.weight[0].numel()
+    if row % gran.group_size:
+        return (
+            f"group size {gran.group_size} does not divide the weight row length {row}; "
+            "give this layer a per-channel scheme with overrides={...} to quantize it"
+        )
+    return None
 
 
 def quantize(
@@ -118,8 +140,9 @@ def quantize(
 
     Args:
         model: a float ``nn.Module``.
-        scheme: a preset (``"W8A8"``, ``"W8A8-dynamic"``, ``"W8A16"``, ``"FP16"``, ``"BF16"``), a
-            :class:`QuantScheme` or a full :class:`QuantConfig`.
+        scheme: a preset name (``"W8A8"``, ``"W4A16-g128"``, ``"NF4"``, ``"KMEANS16"``...; all
+            of them in ``lowbit.preset_names()``), a :class:`QuantScheme` or a full
+            :class:`QuantConfig`.
         calibration: batches for static schemes (tensors, tuples of args, or dicts of kwargs).
         include / exclude: glob patterns of module names to quantize / keep in float.
         overrides: ``{pattern: scheme}`` per-layer schemes (mixed precision); ``None`` = float.

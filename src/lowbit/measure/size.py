@@ -1,0 +1,49 @@
+"""Bits per weight, read back from a saved artifact: what the quantized weights really cost.
+
+``bits/weight = 8 * (bytes of every stored tensor of the quantized layers except biases) /
+(number of weights those layers hold)``: packed codes, scales, zero points and codebooks all
+count; float layers left out and biases do not (they are the same for every scheme). Read from
+the safetensors header and lowbit.json only, so it measures the file, not the model in memory.
+
+>>> bits_per_weight(lowbit.save(lowbit.quantize(nn.Linear(256, 64), "W4A16-g128"), tmp))
+4.1875
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from safetensors import safe_open
+
+__all__ = ["bits_per_weight"]
+
+_WEIGHT_KEYS = ("qweight", "weight_scale", "weight_zero_point", "weight_codebook", "weight")
+_BYTES = {"U8": 1, "I8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "I64": 8, "F64": 8}
+
+
+def bits_per_weight(path: str | os.PathLike) -> float:
+    """Measured storage bits per weight of the quantized layers in the artifact at ``path``."""
+    root = Path(path)
+    meta = json.loads((root / "lowbit.json").read_text(encoding="utf-8"))
+    packed = meta.get("packed") or {}
+    total_bytes, n_weights = 0, 0
+    with safe_open(str(root / "model.safetensors"), framework="pt") as f:
+        stored = set(f.keys())
+        for name in meta.get("layers", {}):
+            prefix = f"{name}." if name else ""
+            code_key = f"{prefix}qweight" if f"{prefix}qweight" in stored else f"{prefix}weight"
+            if code_key not in stored:
+                continue  # a tied table stored under another name: counted there
+            info = packed.get(code_key)
+            shape = info["shape"] if info else f.get_slice(code_key).get_shape()
+            n_weights += math.prod(shape)
+            for key in _WEIGHT_KEYS:
+                if f"{prefix}{key}" in stored:
+                    sl = f.get_slice(f"{prefix}{key}")
+                    total_bytes += math.prod(sl.get_shape()) * _BYTES[sl.get_dtype()]
+    if n_weights == 0:
+        raise ValueError(f"{root} holds no quantized layers")
+    return 8.0 * total_bytes / n_weights

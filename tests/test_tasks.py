@@ -1,0 +1,27 @@
+"""The demo tasks: offline, deterministic data and models of the right shapes."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.tasks import MNIST1DCNN, TASKS, DigitsCNN, load_digits_split, load_mnist1d_split
+
+
+def test_digits_split_is_offline_and_deterministic():
+    a, b = load_digits_split(seed=3), load_digits_split(seed=3)
+    assert a.x_train.shape[1:] == (1, 8, 8) and len(a.x_test) + len(a.x_train) == 1797
+    assert (a.y_test == b.y_test).all()
+    assert float(a.x_train.max()) <= 1.0
+
+
+def test_mnist1d_is_generated_locally_and_deterministic():
+    a, b = load_mnist1d_split(), load_mnist1d_split()
+    assert a.x_train.shape == (4000, 1, 40) and a.x_test.shape == (1000, 1, 40)
+    assert torch.equal(a.x_test, b.x_test) and set(a.y_train.tolist()) == set(range(10))
+    assert not torch.equal(load_mnist1d_split(seed=1).x_test, a.x_test)
+
+
+def test_model_shapes():
+    assert DigitsCNN()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert MNIST1DCNN()(torch.zeros(2, 1, 40)).shape == (2, 10)
+    assert set(TASKS) == {"digits", "mnist1d"}
