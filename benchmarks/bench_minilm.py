@@ -9,17 +9,19 @@ float model and of W8A8-dynamic, so eager and compiled numbers can be read side 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 
 import lowbit
 from benchmarks.common import machine, time_pair
-from lowbit.measure import cosine_similarity, format_table
+from lowbit.measure import bits_per_weight, cosine_similarity, format_table
+from lowbit.serialization import artifact_size
 from lowbit.zoo import load_minilm, reference_sentences, sentence_embeddings
 
 SCHEMES = ("W8A8-dynamic", "W8A8", "W8A16", "BF16", "FP16")
-COLUMNS = ["variant", "cos mean", "cos min", "size MB", "size ratio", "b1 float ms", "b1 ms",
+COLUMNS = ["variant", "cos mean", "cos min", "bits/w", "size MB", "size ratio", "b1 float ms", "b1 ms",
            "b1 speed-up", "b32 float ms", "b32 ms", "b32 speed-up", "prep s"]  # fmt: skip
 # prep s: quantization (calibration included) plus the first batch, i.e. compile time too
 
@@ -52,6 +54,7 @@ def run(n_eval=320, n_calib=128, min_time_s=5.0, schemes=SCHEMES, compile_=False
             "cos min": "1",
             "size MB": float_size / 1e6,
             "size ratio": "1.00",
+            "bits/w": 32.0,
         }
     ]
     for name in names:
@@ -64,9 +67,12 @@ def run(n_eval=320, n_calib=128, min_time_s=5.0, schemes=SCHEMES, compile_=False
             cos = cosine_similarity(emb, ref)
             f1, q1 = time_pair(lambda: model(**b1), lambda m=qm: m(**b1), min_time_s, rounds=5)
             f32, q32 = time_pair(lambda: model(**b32), lambda m=qm: m(**b32), min_time_s, rounds=5)
-        size = lowbit.model_size(getattr(qm, "_orig_mod", qm))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = lowbit.save(getattr(qm, "_orig_mod", qm), tmp)
+            size, bits = artifact_size(path), bits_per_weight(path)
         rows.append({
             "variant": name, "cos mean": f"{cos.mean():.4f}", "cos min": f"{cos.min():.4f}",
+            "bits/w": bits,
             "size MB": size / 1e6, "size ratio": f"{size / float_size:.2f}",
             "b1 float ms": f1, "b1 ms": q1, "b1 speed-up": f"{f1 / q1:.2f}x",
             "b32 float ms": f32, "b32 ms": q32,

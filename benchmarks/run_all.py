@@ -1,4 +1,4 @@
-"""Run every benchmark in turn (about 10 minutes on 2 cores) and print their tables.
+"""Run every benchmark in turn (about 25 minutes on 2 cores) and print their tables.
 
 Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Copy the output into RESULTS.md.
 """
@@ -14,6 +14,7 @@ SCRIPTS = [
     ["benchmarks.bench_linear"],
     ["benchmarks.bench_demo"],
     ["benchmarks.bench_minilm", "--compile"],
+    ["benchmarks.bench_lowbit"],
 ]
 
 if __name__ == "__main__":

@@ -180,7 +180,9 @@ class QuantLinear(QuantModule):
         if reason is not None:
             log.info("QuantLinear %s: not on the int4 kernel: %s", self.scheme.name, reason)
             return False
-        self.kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+        self.kernel = (
+            "aten._weight_int4pack_mm_for_cpu (bf16 activations; >=160 rows: dequant + bf16 GEMM)"
+        )
         self._int4 = cpu.prepack_int4(self.qweight, scale, zp, fmt.qmin, group)
         return True
 
@@ -196,7 +198,13 @@ class QuantLinear(QuantModule):
         if not self._fast:
             y = self._forward_reference(x2)
         elif self._int4 is not None:
-            y = cpu.int4_matmul(x2, *self._int4)
+            if x2.shape[0] >= cpu.WEIGHT_ONLY_DEQUANT_MIN_ROWS:
+                # The int4 kernel's cost grows linearly with rows (a GEMV per row); for large
+                # batches one dequantize per call + a bf16 GEMM is faster (see RESULTS.md).
+                w = self.dequantized_weight().to(torch.bfloat16)
+                y = nn.functional.linear(x2.to(torch.bfloat16), w)
+            else:
+                y = cpu.int4_matmul(x2, *self._int4)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
         elif self.scheme.mode is QuantMode.WEIGHT_ONLY:
             y = cpu.weight_int8_matmul(x2, self._w_int8, self._scale_bf16)

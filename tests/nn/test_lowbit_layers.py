@@ -1,0 +1,115 @@
+"""Sub-8-bit and non-uniform weights inside Linear, Conv and Embedding layers.
+
+The fast path (int4 kernel, or codes expanded to int8 for the int8 kernels) is checked against
+each layer's reference path (dequantize the stored codes exactly, float matmul), and both
+against the float layer with a floor that fits the format's precision.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.formats import get_format
+from lowbit.measure import sqnr_db
+from lowbit.nn import QuantConv, QuantEmbedding, QuantLinear
+
+# preset -> (kernel substring, SQNR floor against float for a random 256->64 layer)
+WEIGHT_ONLY = {
+    "W4A16": ("int4pack", 14),
+    "W4A16-g128": ("int4pack", 16),
+    "W3A16-g128": ("int4pack", 10),
+    "W2A16-g64": ("int4pack", 4),
+    "NF4": ("int8pack", 16),
+    "POT4": ("int8pack", 8),
+    "KMEANS16": ("int8pack", 14),
+    "KMEANS4": ("int8pack", 5),
+    "TERNARY": ("int8pack", 3),
+    "BINARY": ("int8pack", 1),
+}
+
+
+@pytest.fixture()
+def linear():
+    torch.manual_seed(0)
+    return nn.Linear(256, 64)
+
+
+@pytest.mark.parametrize("preset", sorted(WEIGHT_ONLY))
+def test_weight_only_linear_fast_path_matches_its_reference(linear, preset) -> None:
+    kernel, floor = WEIGHT_ONLY[preset]
+    q = QuantLinear.from_float(linear, lowbit.get_preset(preset))
+    assert kernel in q.kernel and not q.kernel.startswith("reference")
+    bits = get_format(q.scheme.weight.format).bits
+    assert int(q.qweight.to(torch.int16).max()) < 2**bits
+    x = torch.randn(6, 256)
+    y = q(x)
+    assert sqnr_db(q._forward_reference(x), y) > 30  # bf16 activations, int8 expansion
+    assert sqnr_db(linear(x), y) > floor
+
+
+def test_int8_expansion_is_exact_for_binary_and_ternary_and_rounded_for_nf4(linear) -> None:
+    for preset, exact in (("BINARY", True), ("TERNARY", True), ("NF4", False)):
+        q = QuantLinear.from_float(linear, lowbit.get_preset(preset))
+        w_int8, scale, is_exact = q.int8_weight()
+        assert is_exact is exact and w_int8.dtype == torch.int8
+        rebuilt = w_int8.float() * scale[:, None]
+        assert sqnr_db(q.dequantized_weight(), rebuilt) > (100 if exact else 35)
+        assert ("rounded" in q.kernel) is (not exact)
+
+
+@pytest.mark.parametrize("preset", ["W4A8", "W4A8-dynamic"])
+def test_w4a8_runs_4_bit_codes_on_the_int8_gemm(linear, preset) -> None:
+    calib = [torch.randn(32, 256)]
+    q = lowbit.quantize(linear, preset, calibration=calib)
+    assert q.qweight.dtype == torch.int8 and int(q.qweight.min()) >= -8
+    assert int(q.qweight.max()) <= 7 and "_int_mm" in q.kernel and "expanded" not in q.kernel
+    x = torch.randn(8, 256)
+    assert sqnr_db(q._forward_reference(x), q(x)) > 35
+    assert sqnr_db(linear(x), q(x)) > 12
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize("preset", ["NF4", "KMEANS16", "W4A16", "BINARY", "W4A8"])
+def test_conv_layers_take_low_bit_weights(dims, preset) -> None:
+    torch.manual_seed(0)
+    conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(64, 32, 3, padding=1)  # rows of 192 / 576
+    shape = (2, 64, 20) if dims == 1 else (2, 64, 9, 9)
+    calib = [torch.randn(*shape)]
+    q = lowbit.quantize(nn.Sequential(conv), preset, calibration=calib)[0]
+    assert isinstance(q, QuantConv)
+    x = torch.randn(*shape)
+    y = q(x)
+    w = q.dequantized_weight()
+    ref = (nn.functional.conv1d if dims == 1 else nn.functional.conv2d)(x, w, q.bias, padding=1)
+    floor = 1 if preset == "BINARY" else 12
+    assert sqnr_db(conv(x), y) > floor
+    if preset != "W4A8":  # weight-only: bf16 conv of the dequantized weight
+        assert sqnr_db(ref, y) > 35
+
+
+@pytest.mark.parametrize("preset", ["NF4", "KMEANS16", "W4A16-g128", "TERNARY"])
+def test_embedding_gathers_low_bit_rows_exactly(preset) -> None:
+    torch.manual_seed(0)
+    emb = nn.Embedding(300, 128)
+    q = QuantEmbedding.from_float(emb, lowbit.get_preset(preset))
+    ids = torch.tensor([[0, 5, 299], [7, 7, 1]])
+    table = q.dequantized_weight()
+    assert torch.equal(q(ids), table[ids])
+    assert "dequantize" in q.kernel
+    assert sqnr_db(emb(ids), q(ids)) > (5 if preset == "TERNARY" else 15)
+
+
+def test_embedding_groups_fall_back_to_rows_when_they_do_not_divide() -> None:
+    q = QuantEmbedding.from_float(nn.Embedding(10, 96), lowbit.get_preset("W4A16-g128"))
+    assert q.scheme.weight.granularity == "per_channel"
+    assert q(torch.tensor([3])).shape == (1, 96)
+
+
+def test_group_size_that_does_not_divide_a_layer_keeps_it_float() -> None:
+    model = nn.Sequential(nn.Linear(96, 128), nn.ReLU(), nn.Linear(128, 16))
+    q = lowbit.quantize(model, "W4A16-g128")
+    assert isinstance(q[0], nn.Linear) and isinstance(q[2], QuantLinear)
+    assert "does not divide" in q.lowbit_record.skipped["0"]
