@@ -15,6 +15,7 @@ SCRIPTS = [
     ["benchmarks.bench_demo"],
     ["benchmarks.bench_minilm", "--compile"],
     ["benchmarks.bench_lowbit"],
+    ["benchmarks.bench_grids"],
 ]
 
 if __name__ == "__main__":

@@ -53,8 +53,18 @@ _GRID_BITS = {"nf": (2, 8), "pot": (2, 6)}
 _FLOATS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
+class _Format:
+    """What every format shares: its name is its string, and it is not an integer grid."""
+
+    name: str
+    is_integer = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
 @dataclass(frozen=True)
-class IntFormat:
+class IntFormat(_Format):
     """A uniform integer grid of ``bits`` bits: ``[-2^(b-1), 2^(b-1)-1]`` or ``[0, 2^b - 1]``."""
 
     bits: int
@@ -87,12 +97,9 @@ class IntFormat:
     def is_integer(self) -> bool:
         return True
 
-    def __str__(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True)
-class FloatFormat:
+class FloatFormat(_Format):
     """A float passthrough format: values are cast, not scaled (``fp16``, ``bf16``)."""
 
     name: str
@@ -111,16 +118,9 @@ class FloatFormat:
     def bits(self) -> int:
         return torch.finfo(self.torch_dtype).bits
 
-    @property
-    def is_integer(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True)
-class GridFormat:
+class GridFormat(_Format):
     """A fixed non-uniform grid: a block with scale ``s`` takes the values ``s * levels``.
 
     ``nf2..nf8`` (normal float, NF4 = QLoRA's), ``pot2..pot6`` (powers of two), ``binary``
@@ -154,16 +154,9 @@ class GridFormat:
     def bits(self) -> int:
         return max(1, math.ceil(math.log2(len(self.levels))))
 
-    @property
-    def is_integer(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return self.name
-
 
 @dataclass(frozen=True)
-class CodebookFormat:
+class CodebookFormat(_Format):
     """``k`` learned levels (a k-means codebook) and ``ceil(log2 k)``-bit indices into them."""
 
     k: int
@@ -179,13 +172,6 @@ class CodebookFormat:
     @property
     def bits(self) -> int:
         return math.ceil(math.log2(self.k))
-
-    @property
-    def is_integer(self) -> bool:
-        return False
-
-    def __str__(self) -> str:
-        return self.name
 
 
 NumberFormat = IntFormat | FloatFormat | GridFormat | CodebookFormat
