@@ -61,3 +61,31 @@ def test_grid_codes_out_of_range_after_tampering_are_refused(tmp_path) -> None:
     (tmp_path / "lowbit.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="cannot be unpacked"):
         lowbit.load(tmp_path, _model())
+
+
+def _conv_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16, 64)
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "gran"),
+    [("kmeans16", "per_channel"), ("kmeans16", "per_group:64"), ("nf3", "per_group:32")]
+    + [("pot3", "per_channel"), ("int3", "per_channel"), ("kmeans256", "per_tensor")],
+)
+def test_custom_low_bit_schemes_round_trip_with_convs_and_embeddings(tmp_path, fmt, gran):
+    weight = lowbit.TensorQuantSpec(fmt, gran)
+    scheme = lowbit.QuantScheme(f"{fmt}-{gran}", "weight_only", weight=weight, compute_dtype="bf16")
+    x = torch.randn(2, 64, 4, 4)
+    q = lowbit.quantize(_conv_model(), scheme)
+    assert not q.lowbit_record.skipped
+    lowbit.save(q, tmp_path)
+    loaded = lowbit.load(tmp_path, _conv_model())
+    assert torch.equal(loaded(x), q(x))
+    emb_model = _model()
+    q_emb = lowbit.quantize(emb_model, scheme)
+    lowbit.save(q_emb, tmp_path / "emb")
+    ids = torch.randint(0, 200, (2, 3))
+    assert torch.equal(lowbit.load(tmp_path / "emb", _model())(ids), q_emb(ids))

@@ -22,6 +22,7 @@ parameters*, so saving and loading lose nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,13 @@ from lowbit.grids import nearest_level
 from lowbit.primitives import block_minmax, block_view, choose_qparams, expand_params, quantize
 from lowbit.primitives import dequantize as _dequantize_uniform
 
-__all__ = ["QuantizedWeight", "quantize_weight", "dequantize_weight", "check_finite"]
+__all__ = [
+    "QuantizedWeight",
+    "quantize_weight",
+    "dequantize_weight",
+    "placeholder_weight",
+    "check_finite",
+]
 
 _TWN_DELTA = 0.7  # Li et al. 2016: Δ* ≈ 0.7 E|w| for uniform/normal weights
 
@@ -130,6 +137,29 @@ def _codebook(w2d: torch.Tensor, fmt: CodebookFormat, spec: TensorQuantSpec) -> 
     book = centroids.to(torch.float16)
     codes = nearest_level(groups, book.float())  # against the stored (fp16) codebook
     return QuantizedWeight(codes.reshape(w2d.shape).to(torch.uint8), scale, codebook=book)
+
+
+def placeholder_weight(shape: tuple[int, ...], spec: TensorQuantSpec) -> QuantizedWeight:
+    """Correctly shaped and typed stand-ins for an empty layer that ``load_state_dict`` fills.
+
+    Codebook formats skip k-means here (fitting zeros would cost seconds per layer at load);
+    the other kinds quantize a zero weight, which is cheap.
+    """
+    fmt = spec.number_format
+    if not isinstance(fmt, CodebookFormat):
+        return quantize_weight(torch.zeros(shape), spec, "placeholder")
+    rows, cols = shape[0], math.prod(shape[1:])
+    gran = spec.granularity_value
+    scale = None
+    if gran.kind is GranularityKind.PER_GROUP:
+        n_groups = cols // gran.block_size((rows, cols))[1]
+        scale = torch.ones(rows, n_groups, dtype=torch.bfloat16)
+    books = rows if gran.kind is GranularityKind.PER_CHANNEL else 1
+    return QuantizedWeight(
+        torch.zeros(shape, dtype=torch.uint8),
+        scale,
+        codebook=torch.zeros(books, fmt.k, dtype=torch.float16),
+    )
 
 
 def dequantize_weight(qw: QuantizedWeight, spec: TensorQuantSpec) -> torch.Tensor:

@@ -34,6 +34,7 @@ from lowbit.nn.base import (
     placeholder_qparams,
     quantize_weight,
 )
+from lowbit.weight_quant import placeholder_weight
 
 __all__ = ["QuantConv"]
 
@@ -76,11 +77,10 @@ class QuantConv(QuantModule):
     def from_spec(cls, spec: dict[str, Any], float_module: nn.Conv1d | nn.Conv2d) -> QuantConv:
         """An empty shell shaped like ``float_module``, to be filled by ``load_state_dict``."""
         scheme = QuantScheme.from_dict(spec["scheme"])
-        weight = torch.zeros(float_module.weight.shape)
         bias = float_module.bias
         if spec.get("has_bias", bias is not None):
             bias = torch.zeros(float_module.out_channels)
-        qweight = quantize_weight(weight, scheme.weight, "weight")
+        qweight = placeholder_weight(tuple(float_module.weight.shape), scheme.weight)
         return cls(float_module, scheme, qweight, bias, placeholder_qparams(scheme))
 
     def layer_spec(self) -> dict[str, Any]:

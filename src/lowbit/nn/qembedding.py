@@ -24,7 +24,7 @@ from lowbit.config import QuantMode, QuantScheme
 from lowbit.formats import CodebookFormat, IntFormat, get_format
 from lowbit.granularity import GranularityKind
 from lowbit.nn.base import QuantizedWeight, QuantModule, check_finite, quantize_weight
-from lowbit.weight_quant import dequantize_weight
+from lowbit.weight_quant import dequantize_weight, placeholder_weight
 
 __all__ = ["QuantEmbedding", "embedding_unsupported_reason"]
 
@@ -93,13 +93,14 @@ class QuantEmbedding(QuantModule):
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], float_module: nn.Embedding) -> QuantEmbedding:
-        shell = nn.Embedding(
-            float_module.num_embeddings,
-            float_module.embedding_dim,
-            padding_idx=float_module.padding_idx,
-            _weight=torch.zeros(float_module.num_embeddings, float_module.embedding_dim),
-        )
-        return cls.from_float(shell, QuantScheme.from_dict(spec["scheme"]))
+        """An empty shell shaped like ``float_module``, to be filled by ``load_state_dict``."""
+        v, d = float_module.num_embeddings, float_module.embedding_dim
+        scheme = cls._row_scheme(QuantScheme.from_dict(spec["scheme"]), d)
+        if scheme.mode is QuantMode.CAST:
+            half = torch.zeros(v, d, dtype=get_format(scheme.compute_dtype).torch_dtype)
+            return cls(v, d, float_module.padding_idx, scheme, None, half)
+        qweight = placeholder_weight((v, d), scheme.weight)
+        return cls(v, d, float_module.padding_idx, scheme, qweight, None)
 
     def _prepare(self) -> None:
         if self.scheme.mode is QuantMode.CAST:

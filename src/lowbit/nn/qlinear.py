@@ -44,6 +44,7 @@ from lowbit.nn.base import (
 from lowbit.nn.base import (
     placeholder_qparams as _placeholder_qparams,
 )
+from lowbit.weight_quant import placeholder_weight
 
 __all__ = ["QuantLinear"]
 
@@ -89,7 +90,7 @@ class QuantLinear(QuantModule):
         scheme = QuantScheme.from_dict(spec["scheme"])
         n, k = float_module.out_features, float_module.in_features
         bias = None if float_module.bias is None else torch.zeros(n)
-        qweight = quantize_weight(torch.zeros(n, k), scheme.weight, "weight")
+        qweight = placeholder_weight((n, k), scheme.weight)
         return cls(k, n, scheme, qweight, bias, _placeholder_qparams(scheme))
 
     # -- kernel selection ------------------------------------------------------------------------
