@@ -33,8 +33,8 @@ def test_mnist1d_task_trains_and_low_bit_rows_are_measured():
     assert by_name["KMEANS16"]["bits/weight"] <= 4.1
     assert by_name["BINARY"]["bits/weight"] <= 1.1
     assert by_name["W4A16"]["accuracy %"] > 80
-    # binary PTQ is expected to collapse; the row must still be there, measured
-    assert 0 <= by_name["BINARY"]["accuracy %"] <= 100
+    # binary post-training quantization is expected to lose accuracy (QAT is a later issue)
+    assert by_name["BINARY"]["accuracy %"] < by_name["float32"]["accuracy %"]
 
 
 def test_summary_table_lines_tasks_up_side_by_side():

@@ -133,3 +133,8 @@ def test_codebook_formats(k: int, bits: int) -> None:
 def test_low_bit_formats_out_of_range_raise(name: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         get_format(name)
+
+
+def test_grid_names_are_canonical() -> None:
+    assert get_format("nf04") == get_format("NF4") == GridFormat("nf4")
+    assert get_format(" Pot3 ").name == "pot3" and get_format("kmeans016").name == "kmeans16"

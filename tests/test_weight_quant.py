@@ -89,4 +89,11 @@ def test_requantizing_dequantized_weights_is_a_fixed_point(fmt, rows, cols, seed
     spec = TensorQuantSpec(fmt, "per_channel" if fmt != "kmeans4" else "per_tensor")
     w1 = dequantize_weight(quantize_weight(w, spec, "w"), spec)
     w2 = dequantize_weight(quantize_weight(w1, spec, "w"), spec)
-    assert torch.allclose(w1, w2, rtol=1e-2, atol=1e-6)
+    assert torch.allclose(w1, w2, rtol=1e-5, atol=1e-7)
+
+
+def test_codebooks_refuse_weights_beyond_fp16() -> None:
+    w = torch.randn(4, 8)
+    w[0, 0] = 1e6
+    with pytest.raises(InvalidModelError, match="fp16"):
+        quantize_weight(w, TensorQuantSpec("kmeans16", "per_tensor"), "w")

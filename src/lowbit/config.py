@@ -43,7 +43,9 @@ class TensorQuantSpec:
     """How one tensor (a weight or an activation) is quantized.
 
     Args:
-        format: number format name (``int8``, ``uint8``, ``int4``...).
+        format: number format name: uniform ``int2..int16``/``uint2..uint16`` (weights and
+            activations); for weights also ``nf2..nf8``, ``pot2..pot6``, ``binary``,
+            ``ternary`` (grids) and ``kmeans2..kmeans256`` (codebooks).
         granularity: ``per_tensor``, ``per_channel[:axis]``, ``per_group:N`` or ``per_token``.
         symmetric: zero point fixed at the grid centre (True) or fitted to the range (False).
         range_method: how calibration statistics become a range (activations only).

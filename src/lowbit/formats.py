@@ -177,6 +177,7 @@ class CodebookFormat(_Format):
 NumberFormat = IntFormat | FloatFormat | GridFormat | CodebookFormat
 WeightFormat = IntFormat | GridFormat | CodebookFormat  # what a weight spec may name
 
+# Representative names (every integer width, every grid, a few codebook sizes), e.g. for tests.
 FORMAT_NAMES = tuple(
     [f"int{b}" for b in range(2, 17)]
     + [f"uint{b}" for b in range(2, 17)]
@@ -200,8 +201,11 @@ def get_format(name: str | NumberFormat) -> NumberFormat:
     key = name.strip().lower()
     if key in _FLOATS:
         return FloatFormat(key)
-    if key in ("binary", "ternary") or _GRID_RE.match(key):
+    if key in ("binary", "ternary"):
         return GridFormat(key)
+    m = _GRID_RE.match(key)
+    if m is not None:  # canonical name: "nf04" -> "nf4"
+        return GridFormat(f"{m.group(1)}{int(m.group(2))}")
     m = _KMEANS_RE.match(key)
     if m is not None:
         return CodebookFormat(int(m.group(1)))

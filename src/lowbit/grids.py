@@ -35,6 +35,8 @@ BINARY_LEVELS = (-1.0, 1.0)
 TERNARY_LEVELS = (-1.0, 0.0, 1.0)
 
 # bitsandbytes' NF4 offset: the outermost quantile kept, (1 - 1/(2*15) + 1 - 1/(2*16)) / 2.
+# Used for every width, so NF4 is exactly QLoRA's grid and the other widths are the same
+# construction with NF4's tail cut (their levels are equiprobable only approximately).
 _NF_OFFSET = 0.9677083
 
 

@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _TWN_DELTA = 0.7  # Li et al. 2016: Δ* ≈ 0.7 E|w| for uniform/normal weights
+_FP16_MAX = 65504.0
 
 
 @dataclass
@@ -133,6 +134,11 @@ def _codebook(w2d: torch.Tensor, fmt: CodebookFormat, spec: TensorQuantSpec) -> 
         groups = (v / expand_params(scale.float(), block)).reshape(1, -1)
     else:
         groups = w2d.reshape(1, -1)  # one codebook per layer
+    if bool((groups.abs() > _FP16_MAX).any()):
+        raise InvalidModelError(
+            f"{fmt.name} stores its codebook in fp16, but this weight has values beyond ±65504; "
+            "use a grid format (nf4, int4...) or exclude the layer"
+        )
     centroids, _ = kmeans_1d(groups, fmt.k)
     book = centroids.to(torch.float16)
     codes = nearest_level(groups, book.float())  # against the stored (fp16) codebook
@@ -165,7 +171,7 @@ def placeholder_weight(shape: tuple[int, ...], spec: TensorQuantSpec) -> Quantiz
 def dequantize_weight(qw: QuantizedWeight, spec: TensorQuantSpec) -> torch.Tensor:
     """The float32 weight that ``qw``'s codes stand for, shaped like ``qw.qdata``."""
     fmt = spec.number_format
-    q2d = qw.qdata.reshape(qw.qdata.shape[0], -1)
+    q2d = qw.qdata.flatten(1)  # [out, -1], also for zero rows (an empty lookup)
     if isinstance(fmt, CodebookFormat):
         book, idx = qw.codebook.float(), q2d.long()
         w = book[0][idx] if book.shape[0] == 1 else book.gather(1, idx)

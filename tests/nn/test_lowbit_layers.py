@@ -7,6 +7,8 @@ against the float layer with a floor that fits the format's precision.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -53,11 +55,35 @@ def test_weight_only_linear_fast_path_matches_its_reference(linear, preset) -> N
 def test_int8_expansion_is_exact_for_binary_and_ternary_and_rounded_for_nf4(linear) -> None:
     for preset, exact in (("BINARY", True), ("TERNARY", True), ("NF4", False)):
         q = QuantLinear.from_float(linear, lowbit.get_preset(preset))
-        w_int8, scale, is_exact = q.int8_weight()
-        assert is_exact is exact and w_int8.dtype == torch.int8
-        rebuilt = w_int8.float() * scale[:, None]
+        int8 = q.int8_weight()
+        assert math.isinf(int8.sqnr_db) is exact and int8.q.dtype == torch.int8
+        rebuilt = int8.q.float() * int8.scale[:, None]
         assert sqnr_db(q.dequantized_weight(), rebuilt) > (100 if exact else 35)
-        assert ("rounded" in q.kernel) is (not exact)
+        assert ("dB)" in q.kernel) is (not exact)
+
+
+@pytest.mark.parametrize("preset", ["NF4", "W4A16-g128"])
+def test_rows_with_uneven_groups_keep_their_small_groups(preset) -> None:
+    """A per-channel int8 expansion would flatten the small group: the layer avoids it."""
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 24)  # out % 16 != 0: W4A16-g128 cannot take the int4 kernel
+    with torch.no_grad():
+        layer.weight[:, :128] *= 0.01
+    q = QuantLinear.from_float(layer, lowbit.get_preset(preset))
+    assert q.int8_weight().sqnr_db < 30 and "dequantized at load" in q.kernel
+    x = torch.randn(5, 256)
+    small = torch.zeros_like(x)
+    small[:, :128] = x[:, :128]  # only the small group contributes
+    assert sqnr_db(q._forward_reference(small), q(small)) > 35
+    assert sqnr_db(nn.functional.linear(small, layer.weight), q(small) - layer.bias) > 15
+
+
+def test_wide_asymmetric_int8_codes_are_not_rounded_again(linear) -> None:
+    spec = lowbit.TensorQuantSpec("int8", "per_channel", symmetric=False)
+    scheme = lowbit.QuantScheme("W8-asym", "weight_only", weight=spec, compute_dtype="bf16")
+    with pytest.warns(RuntimeWarning, match="per-channel symmetric"):
+        q = QuantLinear.from_float(linear, scheme)
+    assert q.int8_weight() is None and q.kernel.startswith("reference")
 
 
 @pytest.mark.parametrize("preset", ["W4A8", "W4A8-dynamic"])
@@ -106,6 +132,18 @@ def test_embedding_groups_fall_back_to_rows_when_they_do_not_divide() -> None:
     q = QuantEmbedding.from_float(nn.Embedding(10, 96), lowbit.get_preset("W4A16-g128"))
     assert q.scheme.weight.granularity == "per_channel"
     assert q(torch.tensor([3])).shape == (1, 96)
+    spec = lowbit.TensorQuantSpec("kmeans16", "per_group:32")
+    scheme = lowbit.QuantScheme("km-g32", "weight_only", weight=spec, compute_dtype="bf16")
+    model = lowbit.quantize(nn.Sequential(nn.Embedding(50, 24)), scheme)
+    assert model[0].scheme.weight.granularity == "per_tensor"
+    assert model(torch.tensor([[1, 2]])).shape == (1, 2, 24)
+
+
+@pytest.mark.parametrize("preset", ["NF4", "KMEANS16", "W4A16-g128", "W8A8-dynamic"])
+def test_embedding_lookup_of_no_ids(preset) -> None:
+    q = QuantEmbedding.from_float(nn.Embedding(20, 64), lowbit.get_preset(preset))
+    assert q(torch.zeros(0, dtype=torch.long)).shape == (0, 64)
+    assert q(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 64)
 
 
 def test_group_size_that_does_not_divide_a_layer_keeps_it_float() -> None:

@@ -5,7 +5,10 @@
 count; float layers left out and biases do not (they are the same for every scheme). Read from
 the safetensors header and lowbit.json only, so it measures the file, not the model in memory.
 
->>> bits_per_weight(lowbit.save(lowbit.quantize(nn.Linear(256, 64), "W4A16-g128"), tmp))
+>>> import tempfile, lowbit
+>>> from torch import nn
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     bits_per_weight(lowbit.save(lowbit.quantize(nn.Linear(256, 64), "W4A16-g128"), tmp))
 4.1875
 """
 

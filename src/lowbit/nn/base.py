@@ -9,8 +9,9 @@ and after ``load_state_dict`` and is never saved.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.formats import IntFormat
 from lowbit.kernels import cpu
-from lowbit.primitives import block_minmax, choose_qparams, dequantize, quantize
+from lowbit.primitives import block_minmax, block_view, choose_qparams, dequantize, quantize
 from lowbit.weight_quant import QuantizedWeight, check_finite, dequantize_weight, quantize_weight
 
 __all__ = [
@@ -30,9 +31,25 @@ __all__ = [
     "ActivationCodes",
     "placeholder_qparams",
     "fake_quantize_dynamic",
+    "Int8Weight",
+    "EXPANSION_MIN_SQNR_DB",
 ]
 
 log = logging.getLogger(__name__)
+
+
+# Below this SQNR in any scale block (stored format vs its int8 expansion) the expansion would
+# add noise comparable to a 5-bit format's own error, so layers use another path (a 4-bit grid's
+# own error is about 20 dB).
+EXPANSION_MIN_SQNR_DB = 30.0
+
+
+class Int8Weight(NamedTuple):
+    """Codes for the int8 kernels: ``w ≈ q * scale[:, None]``, ``sqnr_db`` = inf when exact."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    sqnr_db: float
 
 
 class QuantModule(nn.Module):
@@ -100,20 +117,22 @@ class QuantModule(nn.Module):
             return None
         return s.float().reshape(-1).expand(self.qweight.shape[0]).contiguous()
 
-    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-        """``(q, s, exact)``: an int8 ``[out, ...]`` weight and ``[out]`` fp32 scales for int8 kernels.
+    def int8_weight(self) -> Int8Weight | None:
+        """An int8 ``[out, ...]`` weight with ``[out]`` fp32 scales, for the int8 kernels.
 
         Symmetric integer codes with one scale per channel are used as they are. Formats below
         8 bits and non-uniform ones are expanded once (at load) from their dequantized values,
-        ``q = round(w / s)`` with ``s = max|w_c| / 127`` per output channel: exact for grids on
-        that lattice (binary, ternary), otherwise rounded to 8 bits (≤ 0.4 % of each channel's
-        range, far below the low-bit format's own error). ``exact`` says which. Returns None for
+        ``q = round(w / s)`` with ``s = max|w_c| / 127`` per output channel. That is exact for
+        grids on this lattice (binary, ternary); otherwise the values are rounded to 8 bits, and
+        ``sqnr_db`` says how close the expansion stays to the stored format. Group-wise formats
+        whose groups differ a lot in size within a row can lose their small groups here; the
+        layers check ``sqnr_db`` against :data:`EXPANSION_MIN_SQNR_DB`. Returns None for
         8-bit-and-wider codes the kernels cannot read (rounding them again would change the
         user's chosen precision).
         """
         scale = self._per_channel_scale()
         if scale is not None and self.qweight.dtype == torch.int8:
-            return self.qweight, scale, True
+            return Int8Weight(self.qweight, scale, math.inf)
         fmt = self.scheme.weight.number_format
         if isinstance(fmt, IntFormat) and fmt.bits >= 8:
             return None
@@ -121,8 +140,20 @@ class QuantModule(nn.Module):
         w2d = w.reshape(w.shape[0], -1)
         scale = (w2d.abs().amax(dim=1) / 127).clamp(min=1e-12)
         q = torch.round(w2d / scale[:, None]).clamp_(-127, 127)
-        exact = bool(torch.allclose(q * scale[:, None], w2d, rtol=1e-6, atol=0))
-        return q.to(torch.int8).reshape(w.shape), scale, exact
+        sqnr = self._worst_block_sqnr(w2d, q * scale[:, None])
+        return Int8Weight(q.to(torch.int8).reshape(w.shape), scale, sqnr)
+
+    def _worst_block_sqnr(self, w2d: torch.Tensor, approx: torch.Tensor) -> float:
+        """Lowest SQNR over the format's scale blocks (a small group must not drown in a row)."""
+        gran = self.scheme.weight.granularity_value
+        block = gran.block_size(tuple(w2d.shape))
+        dims = (1, 3)
+        signal = block_view(w2d, block).pow(2).sum(dim=dims)
+        noise = block_view(approx - w2d, block).pow(2).sum(dim=dims)
+        exact = noise <= 1e-12 * signal
+        ratio = torch.where(exact | (signal == 0), torch.inf, signal / noise.clamp(min=1e-30))
+        worst = float(ratio.min())
+        return math.inf if math.isinf(worst) else 10 * math.log10(worst)
 
     def _prepare(self) -> None:  # pragma: no cover - every subclass overrides
         raise NotImplementedError

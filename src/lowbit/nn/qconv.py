@@ -26,6 +26,7 @@ from lowbit.config import QuantMode, QuantScheme
 from lowbit.kernels import cpu, reference
 from lowbit.kernels.reference import CONV_FN
 from lowbit.nn.base import (
+    EXPANSION_MIN_SQNR_DB,
     ActivationCodes,
     QuantizedWeight,
     QuantModule,
@@ -98,14 +99,14 @@ class QuantConv(QuantModule):
         if mode is QuantMode.STATIC:
             self._codes = ActivationCodes(act, self.input_scale, self.input_zero_point)
         int8 = self.int8_weight()  # sub-8-bit / non-uniform weights: expanded per channel
-        if int8 is None or act.int_format.bits != 8:
+        if int8 is None or int8.sqnr_db < EXPANSION_MIN_SQNR_DB or act.int_format.bits != 8:
             self._fast = False
             self._fallback("int8 conv takes 8-bit activations and symmetric per-channel weights")
         elif not cpu.has_onednn_qconv():
             self._fast = False
             self._fallback("oneDNN int8 convolution is not in this torch build")
         else:
-            w_int8, self._w_scale, _exact = int8
+            w_int8, self._w_scale, _sqnr = int8
             if w_int8 is not self.qweight:
                 self.kernel += f", {self.scheme.weight.format} codes expanded to int8 at load"
             self._packed = cpu.prepack_int8_conv(

@@ -69,9 +69,15 @@ class QuantEmbedding(QuantModule):
             return scheme
         w = scheme.weight
         fmt, gran = w.number_format, w.granularity_value
-        if isinstance(fmt, CodebookFormat):
-            return scheme
         if gran.kind is GranularityKind.PER_GROUP and dim % gran.group_size == 0:
+            return scheme
+        if isinstance(
+            fmt, CodebookFormat
+        ):  # per layer or per row; groups that do not fit: per layer
+            if gran.kind is GranularityKind.PER_GROUP:
+                return dataclasses.replace(
+                    scheme, weight=dataclasses.replace(w, granularity="per_tensor")
+                )
             return scheme
         wide_int = isinstance(fmt, IntFormat) and fmt.bits >= 8
         weight = dataclasses.replace(
@@ -135,4 +141,4 @@ class QuantEmbedding(QuantModule):
             None if qw.zero_point is None else qw.zero_point[flat],
             book if book is None or book.shape[0] == 1 else book[flat],
         )
-        return dequantize_weight(rows, self.scheme.weight).reshape(*ids.shape, -1)
+        return dequantize_weight(rows, self.scheme.weight).reshape(*ids.shape, self.embedding_dim)

@@ -10,7 +10,9 @@ Modes (from the scheme):
 Non-uniform weights (NF4, power-of-two, binary/ternary, k-means) and any other format the int8
 kernels cannot read directly are expanded once, at load, to int8 with one scale per output
 channel (:meth:`QuantModule.int8_weight`), then run on the same int8 kernels. A per-call lookup
-table dequantize was measured ~30x slower than float32 at batch 1 (benchmarks/RESULTS.md).
+table dequantize per call was measured 75-200x slower than the int8 kernel at batch 1
+(benchmarks/RESULTS.md). Where the expansion would lose accuracy (groups of very different size in
+one row, below ``EXPANSION_MIN_SQNR_DB``), the weight is dequantized once to bf16 instead.
 
 The static zero-point correction and the bias fold into one vector,
 ``b' = b - z_x * s_x * s_w * colsum(q_w)``, so the epilogue is a single ``addcmul``.
@@ -24,6 +26,7 @@ The static zero-point correction and the bias fold into one vector,
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -34,7 +37,9 @@ from lowbit.formats import IntFormat
 from lowbit.granularity import GranularityKind
 from lowbit.kernels import cpu
 from lowbit.nn.base import (
+    EXPANSION_MIN_SQNR_DB,
     ActivationCodes,
+    Int8Weight,
     QuantizedWeight,
     QuantModule,
     check_finite,
@@ -97,7 +102,7 @@ class QuantLinear(QuantModule):
     def _prepare(self) -> None:
         """Derive kernel-side data from the stored tensors and choose the kernel."""
         mode = self.scheme.mode
-        self._fast, self._int4 = True, None
+        self._fast, self._int4, self._w_bf16 = True, None, None
         if mode is QuantMode.STATIC:
             self._codes = ActivationCodes(
                 self.scheme.activation, self.input_scale, self.input_zero_point
@@ -105,39 +110,52 @@ class QuantLinear(QuantModule):
         if mode is QuantMode.WEIGHT_ONLY and self._try_int4():
             return
         int8 = self.int8_weight()
-        self._w_int8, self._w_scale, exact = int8 or (None, None, True)
-        expanded = (
-            ""
-            if self._w_int8 is self.qweight or int8 is None
-            else (
-                f", {self.scheme.weight.format} codes expanded to int8 at load"
-                + ("" if exact else " (values rounded to 8 bits)")
-            )
-        )
+        self._w_int8, self._w_scale = (None, None) if int8 is None else int8[:2]
         if mode is QuantMode.WEIGHT_ONLY:
-            self.kernel = (
-                "aten._weight_int8pack_mm (bf16 activations; >=160 rows: dequant + bf16 GEMM"
-                f"{expanded})"
-            )
-            if int8 is None:
-                self._fast = False
-                self._fallback("weight-only kernel takes int8 per-channel symmetric weights")
-                return
-            if not cpu.supports_weight_int8pack(self.in_features):
-                self._fast = False
-                self._fallback(f"in_features={self.in_features} is not a multiple of 16")
-            self._scale_bf16 = self._w_scale.to(torch.bfloat16)
-            return
-        self.kernel = f"aten._int_mm (int8 x int8 -> int32{expanded})"
+            self._prepare_weight_only(int8)
+        else:
+            self._prepare_int8_gemm(int8)
+
+    def _expansion_note(self, int8: Int8Weight) -> str:
+        if int8.q is self.qweight:
+            return ""
+        note = f", {self.scheme.weight.format} codes expanded to int8 at load"
+        return note + ("" if math.isinf(int8.sqnr_db) else f" ({int8.sqnr_db:.0f} dB)")
+
+    def _prepare_weight_only(self, int8: Int8Weight | None) -> None:
         if int8 is None:
             self._fast = False
-            self._fallback("int8 GEMM takes one symmetric weight scale per output channel")
+            self._fallback("weight-only kernel takes int8 per-channel symmetric weights")
             return
+        if int8.sqnr_db < EXPANSION_MIN_SQNR_DB:
+            # Groups of very different magnitude in a row: keep the exact values in bf16.
+            self._w_bf16 = self.dequantized_weight().to(torch.bfloat16)
+            self.kernel = (
+                "bf16 GEMM on weights dequantized at load (int8 expansion would be only "
+                f"{int8.sqnr_db:.0f} dB from the stored format)"
+            )
+            return
+        self.kernel = (
+            "aten._weight_int8pack_mm (bf16 activations; >=160 rows: dequant + bf16 GEMM"
+            f"{self._expansion_note(int8)})"
+        )
+        if not cpu.supports_weight_int8pack(self.in_features):
+            self._fast = False
+            self._fallback(f"in_features={self.in_features} is not a multiple of 16")
+        self._scale_bf16 = self._w_scale.to(torch.bfloat16)
+
+    def _prepare_int8_gemm(self, int8: Int8Weight | None) -> None:
+        """Static and dynamic modes: ``torch._int_mm`` with the zero-point/bias epilogue."""
+        if int8 is None or int8.sqnr_db < EXPANSION_MIN_SQNR_DB:
+            self._fast = False
+            self._fallback("int8 GEMM takes weights with one symmetric scale per output channel")
+            return
+        self.kernel = f"aten._int_mm (int8 x int8 -> int32{self._expansion_note(int8)})"
         if not cpu.has_int_mm():
             self._fast = False
             self._fallback("torch._int_mm is not available in this torch build")
         act = self.scheme.activation
-        if mode is QuantMode.DYNAMIC:
+        if self.scheme.mode is QuantMode.DYNAMIC:
             self._per_token = act.granularity_value.kind is GranularityKind.PER_TOKEN
             if self._fast and (act.format != "int8" or not act.symmetric):
                 self._fast = False
@@ -198,6 +216,9 @@ class QuantLinear(QuantModule):
         x2 = x.reshape(-1, self.in_features)
         if not self._fast:
             y = self._forward_reference(x2)
+        elif self._w_bf16 is not None:
+            y = nn.functional.linear(x2.to(torch.bfloat16), self._w_bf16)
+            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
         elif self._int4 is not None:
             if x2.shape[0] >= cpu.WEIGHT_ONLY_DEQUANT_MIN_ROWS:
                 # The int4 kernel's cost grows linearly with rows (a GEMV per row); for large
