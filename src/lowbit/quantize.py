@@ -1,7 +1,7 @@
 """``lowbit.quantize``: post-training quantization of a float model in one call.
 
->>> qmodel = lowbit.quantize(model, "W8A8", calibration=batches)         # static, calibrated
->>> qmodel = lowbit.quantize(model, "W8A8-dynamic", exclude=["classifier"])
+>>> qmodel = lowbit.quantize(model, "W8A8", calibration=batches)         # static, calibrated  # doctest: +SKIP
+>>> qmodel = lowbit.quantize(model, "W8A8-dynamic", exclude=["classifier"])  # doctest: +SKIP
 
 Steps: validate the model (no NaN/Inf), copy it (unless ``inplace``), fold BatchNorm into convs,
 pick a scheme per layer (include/exclude/overrides), calibrate static activation ranges, then swap

@@ -186,7 +186,12 @@ def mse_range(
     with the other fixed at the best so far (skewed optima that no single family contains).
     Each family is scored in one vectorised call of :func:`_expected_sq_error`.
 
+    >>> x = torch.randn(100_000, dtype=torch.float64)
+    >>> edges = torch.linspace(x.min().item(), x.max().item(), 2049, dtype=torch.float64)
+    >>> counts = torch.histc(x, 2048, x.min().item(), x.max().item())
     >>> lo, hi = mse_range(counts, edges, get_format("int4"), symmetric=True)
+    >>> 2.0 < float(hi) < 3.5                            # clips N(0, 1) well inside its max
+    True
     """
     counts, edges, fmt = *_checked(counts, edges), _int_format(fmt)
     lo, hi = min(edges[0].item(), 0.0), max(edges[-1].item(), 0.0)
@@ -250,7 +255,12 @@ def entropy_range(
     tried) and ``t`` is the upper edge of bin i-1. Simplification for asymmetric: the threshold is
     still solved on |x| and the range is ``(max(min, -t), min(max, t))``.
 
+    >>> x = torch.randn(100_000, dtype=torch.float64)
+    >>> edges = torch.linspace(x.min().item(), x.max().item(), 2049, dtype=torch.float64)
+    >>> counts = torch.histc(x, 2048, x.min().item(), x.max().item())
     >>> lo, hi = entropy_range(counts, edges, get_format("int8"), symmetric=True)
+    >>> 0.0 < float(hi) <= x.abs().max().item()
+    True
     """
     counts, edges, fmt = *_checked(counts, edges), _int_format(fmt)
     lo, hi = edges[0].item(), edges[-1].item()

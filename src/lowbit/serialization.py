@@ -8,8 +8,8 @@ An artifact is a directory::
 
 ``load`` rebuilds the quantized model from a float skeleton of the same architecture:
 
->>> lowbit.save(qmodel, "out/")
->>> qmodel2 = lowbit.load("out/", MyNet())     # MyNet() only provides the architecture
+>>> lowbit.save(qmodel, "out/")  # doctest: +SKIP
+>>> qmodel2 = lowbit.load("out/", MyNet())     # MyNet() only provides the architecture  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Speed claims in lowbit always time the float baseline and the quantized model in the same process
 and report the ratio; use :func:`measure_latency` on both and divide the medians.
 
->>> r = measure_latency(lambda: model(x), min_time_s=0.5)
->>> r.median_ms, r.runs
+>>> r = measure_latency(lambda: model(x), min_time_s=0.5)  # doctest: +SKIP
+>>> r.median_ms, r.runs  # doctest: +SKIP
 """
 
 from __future__ import annotations

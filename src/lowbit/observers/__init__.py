@@ -2,11 +2,11 @@
 
 Collect with an observer, solve with :func:`solve_range` (the math lives in :mod:`lowbit.ranges`):
 
->>> obs = make_observer("mse")
->>> for batch in batches:
+>>> obs = make_observer("mse")  # doctest: +SKIP
+>>> for batch in batches:  # doctest: +SKIP
 ...     obs.update(batch)
->>> min_val, max_val = solve_range(obs, "mse", "int8", symmetric=False)
->>> scale, zero_point = choose_qparams(min_val, max_val, get_format("int8"), symmetric=False)
+>>> min_val, max_val = solve_range(obs, "mse", "int8", symmetric=False)  # doctest: +SKIP
+>>> scale, zero_point = choose_qparams(min_val, max_val, get_format("int8"), symmetric=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ An observer only collects; turning its statistics into a clipping range is the j
 solvers (:mod:`lowbit.ranges`, dispatched by :func:`lowbit.observers.solve_range`). Observers
 detach and reduce every batch at once and never keep a reference to an input tensor.
 
+>>> from lowbit.observers import MinMaxObserver
 >>> obs = MinMaxObserver()
 >>> obs.update(torch.tensor([-1.0, 3.0]))
 >>> obs.update(torch.tensor([0.5, 4.0]))
