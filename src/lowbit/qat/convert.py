@@ -1,0 +1,87 @@
+"""``prepare`` a float model for quantization-aware training, then ``convert`` it to integers.
+
+>>> model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+>>> qat_model = prepare(model, "W4A8")
+>>> _ = qat_model(torch.randn(8, 16))            # training steps go here (the first sets steps)
+>>> qmodel = convert(qat_model)                  # the integer model, as lowbit.quantize builds
+>>> type(qmodel[0]).__name__, qmodel[0].qweight.dtype
+('QuantLinear', torch.int8)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Mapping
+
+from torch import nn
+
+from lowbit.config import QuantConfig, QuantScheme
+from lowbit.errors import InvalidModelError
+from lowbit.qat.modules import QATConv, QATLayer, QATLinear
+from lowbit.quantize import QuantizationRecord, _check_model, _plan, resolve_config
+from lowbit.transforms.bn_fold import _set, fold_batchnorm_
+
+__all__ = ["prepare", "convert"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare(
+    model: nn.Module,
+    scheme: str | QuantScheme | QuantConfig,
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    overrides: Mapping[str, str | QuantScheme | None] | None = None,
+    inplace: bool = False,
+) -> nn.Module:
+    """A copy of ``model`` whose Linear/Conv layers train under fake quantization.
+
+    BatchNorm is folded into the preceding convolution first, with its running statistics
+    (so training updates the folded weights and the converted model has no BatchNorm). Embedding
+    tables stay float during QAT. The model is returned in training mode.
+    """
+    config = resolve_config(scheme, include, exclude, overrides)
+    _check_model(model)
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()  # folding reads the running statistics
+    record = QuantizationRecord(config=config)
+    if config.fold_batchnorm:
+        record.folded = fold_batchnorm_(model)
+    for name, (module, layer_scheme) in _plan(model, config, record).items():
+        if isinstance(module, nn.Embedding):
+            record.skipped[name] = "embedding tables are not trained under QAT (yet)"
+            continue
+        cls = QATLinear if isinstance(module, nn.Linear) else QATConv
+        if not name:
+            raise InvalidModelError("prepare needs a model that contains layers, not a layer")
+        _set(model, name, cls(module, layer_scheme, name))
+    model.lowbit_qat = record
+    return model.train()
+
+
+def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """The integer model for a prepared one: every QAT layer becomes its quantized layer.
+
+    The codes are the shadow weights quantized with the learned steps, and static input steps are
+    the learned ones, so the result computes what the fake-quant model computed (up to float
+    rounding) on lowbit's integer kernels, and saves/loads like any quantized model.
+    """
+    record = getattr(model, "lowbit_qat", None)
+    if record is None:
+        raise InvalidModelError("convert takes a model returned by lowbit.qat.prepare")
+    if not inplace:
+        model = copy.deepcopy(model)
+    layers = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QATLayer):
+            qmodule = module.to_quantized()
+            _set(model, name, qmodule)
+            layers[name] = qmodule.layer_spec()
+    model.lowbit_record = QuantizationRecord(
+        config=record.config, folded=record.folded, layers=layers, skipped=dict(record.skipped)
+    )
+    del model.lowbit_qat
+    return model.eval()

@@ -1,0 +1,75 @@
+"""prepare -> train -> convert: the integer model computes what the fake-quant model did."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit import qat
+from lowbit.errors import CalibrationError, ConfigError, InvalidModelError
+from lowbit.measure import sqnr_db
+from lowbit.nn import QuantConv, QuantLinear
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Identity(),
+        nn.Flatten(), nn.Linear(8 * 8 * 8, 32), nn.ReLU(), nn.Linear(32, 10),
+    )  # fmt: skip
+
+
+def _train_steps(model, steps=5):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = torch.randn(16, 1, 8, 8, generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("scheme", ["W8A8", "W4A8", "W8A8-dynamic", "W4A16-g128", "W4A16"])
+def test_converted_model_matches_fake_quant(scheme) -> None:
+    prepared = qat.prepare(_cnn(), scheme)
+    assert prepared.training and isinstance(prepared[5], qat.QATLinear)
+    _train_steps(prepared)
+    prepared.eval()
+    x = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():
+        fake = prepared(x)
+    converted = qat.convert(prepared)
+    assert isinstance(converted[5], QuantLinear)
+    # group-wise schemes leave the 3x3 conv on one channel (rows of 9) in float
+    assert isinstance(converted[0], QuantConv) is ("-g" not in scheme)
+    out = converted(x)
+    assert (fake.argmax(1) == out.argmax(1)).float().mean() >= 0.95
+    assert sqnr_db(fake, out) > 30
+    assert not hasattr(converted, "lowbit_qat") and converted.lowbit_record.layers
+
+
+def test_training_moves_the_steps_and_the_result_saves(tmp_path) -> None:
+    prepared = qat.prepare(_cnn(), "W4A8")
+    before = prepared[5].weight_scale.detach().clone()
+    _train_steps(prepared)
+    assert not torch.equal(before, prepared[5].weight_scale.detach())
+    assert bool(prepared[5].input_initialized)
+    converted = qat.convert(prepared)
+    lowbit.save(converted, tmp_path)
+    loaded = lowbit.load(tmp_path, _cnn())
+    x = torch.randn(4, 1, 8, 8)
+    assert torch.equal(loaded(x), converted(x))
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ConfigError, match="uniform integer"):
+        qat.prepare(_cnn(), "NF4")
+    with pytest.raises(InvalidModelError, match="prepare"):
+        qat.convert(_cnn())
+    prepared = qat.prepare(_cnn(), "W8A8")
+    with pytest.raises(CalibrationError, match="never initialised"):
+        qat.convert(prepared)  # no batch has run: the input steps are unknown
