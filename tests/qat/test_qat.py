@@ -33,7 +33,11 @@ def _train_steps(model, steps=5):
         opt.step()
 
 
-@pytest.mark.parametrize("scheme", ["W8A8", "W4A8", "W8A8-dynamic", "W4A16-g128", "W4A16"])
+@pytest.mark.parametrize(
+    "scheme",
+    ["W8A8", "W4A8", "W8A8-dynamic", "W4A16-g128", "W4A16", "BINARY", "TERNARY", "NF4"]
+    + ["KMEANS16", "KMEANS4", "POT4"],
+)
 def test_converted_model_matches_fake_quant(scheme) -> None:
     prepared = qat.prepare(_cnn(), scheme)
     assert prepared.training and isinstance(prepared[5], qat.QATLinear)
@@ -45,7 +49,8 @@ def test_converted_model_matches_fake_quant(scheme) -> None:
     converted = qat.convert(prepared)
     assert isinstance(converted[5], QuantLinear)
     # group-wise schemes leave the 3x3 conv on one channel (rows of 9) in float
-    assert isinstance(converted[0], QuantConv) is ("-g" not in scheme)
+    grouped = lowbit.get_preset(scheme).weight.granularity.startswith("per_group")
+    assert isinstance(converted[0], QuantConv) is not grouped
     out = converted(x)
     assert (fake.argmax(1) == out.argmax(1)).float().mean() >= 0.95
     assert sqnr_db(fake, out) > 30
@@ -54,9 +59,9 @@ def test_converted_model_matches_fake_quant(scheme) -> None:
 
 def test_training_moves_the_steps_and_the_result_saves(tmp_path) -> None:
     prepared = qat.prepare(_cnn(), "W4A8")
-    before = prepared[5].weight_scale.detach().clone()
+    before = prepared[5].weight_quantizer.scale.detach().clone()
     _train_steps(prepared)
-    assert not torch.equal(before, prepared[5].weight_scale.detach())
+    assert not torch.equal(before, prepared[5].weight_quantizer.scale.detach())
     assert bool(prepared[5].input_initialized)
     converted = qat.convert(prepared)
     lowbit.save(converted, tmp_path)
@@ -65,9 +70,17 @@ def test_training_moves_the_steps_and_the_result_saves(tmp_path) -> None:
     assert torch.equal(loaded(x), converted(x))
 
 
+def test_codebook_centroids_train() -> None:
+    prepared = qat.prepare(_cnn(), "KMEANS16")
+    book = prepared[5].weight_quantizer.codebook
+    before = book.detach().clone()
+    _train_steps(prepared)
+    assert book.grad is not None and not torch.equal(before, book.detach())
+
+
 def test_bad_inputs() -> None:
-    with pytest.raises(ConfigError, match="uniform integer"):
-        qat.prepare(_cnn(), "NF4")
+    with pytest.raises(ConfigError, match="cast"):
+        qat.prepare(_cnn(), "FP16")
     with pytest.raises(InvalidModelError, match="prepare"):
         qat.convert(_cnn())
     prepared = qat.prepare(_cnn(), "W8A8")

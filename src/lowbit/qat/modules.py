@@ -1,12 +1,13 @@
-"""QAT layers: a float layer whose weight and input pass through LSQ fake quantization.
+"""QAT layers: a float layer whose weight and input pass through fake quantization.
 
-Each layer keeps its float weight (the "shadow" weight the optimizer updates), a learnable step
-per weight block and, for static schemes, a learnable per-tensor input step. Initial steps are
-lowbit's post-training ones: min/max per weight block, and the first training batch's min/max
-for the input. :meth:`QATLayer.to_quantized` builds the integer layer ``lowbit.quantize`` would
+Each layer keeps its float weight (the "shadow" weight the optimizer updates), a weight fake
+quantizer for its format (:mod:`lowbit.qat.weights`: LSQ steps, fixed grids with the
+straight-through estimator, or trainable k-means centroids) and, for static schemes, a learnable
+per-tensor LSQ input step initialised from the first training batch's min/max. :meth:`QATLayer.to_quantized` builds the integer layer ``lowbit.quantize`` would
 build with these parameters, so the converted model computes what the fake-quant model did.
 
-Scales are rounded as they will be stored (bf16 below 8 bits) in the forward pass already.
+Parameters are rounded as they will be stored (bf16 steps below 8 bits, fp16 codebooks) in the
+forward pass already.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from lowbit.formats import IntFormat
 from lowbit.kernels.reference import CONV_FN
 from lowbit.nn import QuantConv, QuantLinear
 from lowbit.nn.base import QuantizedWeight
-from lowbit.primitives import block_minmax, choose_qparams, quantize
-from lowbit.qat.fake_quant import cast_ste, lsq_fake_quantize, lsq_grad_factor
+from lowbit.primitives import block_minmax, choose_qparams
+from lowbit.qat.fake_quant import lsq_fake_quantize, lsq_grad_factor
+from lowbit.qat.weights import make_weight_quantizer
 
 __all__ = ["QATLayer", "QATLinear", "QATConv"]
 
@@ -31,21 +33,12 @@ class QATLayer(nn.Module):
 
     def __init__(self, module: nn.Linear | nn.Conv1d | nn.Conv2d, scheme: QuantScheme, name: str):
         super().__init__()
-        if scheme.mode is QuantMode.CAST or not isinstance(scheme.weight.number_format, IntFormat):
-            raise ConfigError(
-                f"{name}: QAT takes uniform integer weight formats for now, got scheme "
-                f"{scheme.name!r}; grids, codebooks and casts are quantized post-training"
-            )
+        if scheme.mode is QuantMode.CAST:
+            raise ConfigError(f"{name}: {scheme.name} is a cast; there is nothing to train for it")
         self.scheme, self.name = scheme, name
         self.weight = nn.Parameter(module.weight.detach().clone())
         self.bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone())
-        fmt, spec = scheme.weight.int_format, scheme.weight
-        w2d = self.weight.detach().reshape(self.weight.shape[0], -1)
-        self._w_block = spec.granularity_value.block_size(tuple(w2d.shape))
-        scale, zp = choose_qparams(*block_minmax(w2d, self._w_block), fmt, spec.symmetric)
-        self.weight_scale = nn.Parameter(scale)
-        self.register_buffer("weight_zero_point", zp.to(torch.int32))
-        self._w_g = lsq_grad_factor(w2d.numel() // scale.numel(), fmt.qmax)
+        self.weight_quantizer = make_weight_quantizer(self.weight, scheme.weight)
         self._static = scheme.mode is QuantMode.STATIC
         if self._static:
             self.input_scale = nn.Parameter(torch.ones(()))
@@ -53,20 +46,8 @@ class QATLayer(nn.Module):
             self.register_buffer("input_initialized", torch.zeros((), dtype=torch.bool))
 
     # -- fake quantization -----------------------------------------------------------------------
-    def _stored_scale(self, s: torch.Tensor) -> torch.Tensor:
-        """The weight step as it will be stored: bf16 below 8 bits (see weight_quant)."""
-        if self.scheme.weight.int_format.bits < 8:
-            return cast_ste(s, torch.bfloat16)
-        return s
-
     def fake_weight(self) -> torch.Tensor:
-        fmt = self.scheme.weight.int_format
-        w2d = self.weight.reshape(self.weight.shape[0], -1)
-        s = self._stored_scale(self.weight_scale.abs().clamp(min=1e-12))
-        wq = lsq_fake_quantize(
-            w2d, s, self.weight_zero_point, fmt.qmin, fmt.qmax, self._w_block, self._w_g
-        )
-        return wq.reshape(self.weight.shape)
+        return self.weight_quantizer(self.weight)
 
     def fake_input(self, x: torch.Tensor) -> torch.Tensor:
         mode, act = self.scheme.mode, self.scheme.activation
@@ -100,15 +81,8 @@ class QATLayer(nn.Module):
 
     # -- conversion ------------------------------------------------------------------------------
     def quantized_weight(self) -> QuantizedWeight:
-        """Integer codes of the shadow weight with the learned steps, as stored after convert."""
-        fmt = self.scheme.weight.int_format
-        w2d = self.weight.detach().reshape(self.weight.shape[0], -1)
-        s = self._stored_scale(self.weight_scale.detach().abs().clamp(min=1e-12))
-        q = quantize(w2d, s.float(), self.weight_zero_point, fmt, self._w_block)
-        low_bit = fmt.bits < 8
-        scale = s.to(torch.bfloat16) if low_bit else s.float()
-        zp = self.weight_zero_point.to(torch.int8 if low_bit else torch.int32)
-        return QuantizedWeight(q.reshape(self.weight.shape), scale, zp)
+        """Integer codes of the shadow weight with the learned parameters, as after convert."""
+        return self.weight_quantizer.quantized(self.weight)
 
     def input_qparams(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         if not self._static:
