@@ -61,7 +61,8 @@ def test_cli_demo_takes_tasks_and_schemes(capsys):
 def test_every_preset_is_in_the_demo():
     from lowbit import preset_names
 
-    assert set(preset_names()) - set(DEMO_SCHEMES) <= {"W4A8-dynamic"}
+    # the demo leaves out variants and the QAT targets (W4A4, W2A8: post-training they collapse)
+    assert set(preset_names()) - set(DEMO_SCHEMES) <= {"W4A8-dynamic", "W4A4", "W2A8"}
 
 
 @pytest.mark.slow

@@ -316,7 +316,7 @@ def test_nan_weights_raise_naming_the_parameter(where: str) -> None:
         lowbit.quantize(model, "W8A8-dynamic")
 
 
-@pytest.mark.parametrize("name", ["W8A9", "W4A4", ""])
+@pytest.mark.parametrize("name", ["W8A9", "W3A3", ""])
 def test_unknown_preset_raises(name: str) -> None:
     with pytest.raises(UnknownPresetError, match="Known presets"):
         lowbit.quantize(small_cnn(), name)

@@ -71,6 +71,19 @@ PRESETS: dict[str, QuantScheme] = {
         weight=TensorQuantSpec(format="int4", granularity="per_channel", symmetric=True),
         activation=_A8_PER_TOKEN,
     ),
+    # Low-bit activations too (QAT targets): int4 / int2 codes run on the int8 kernels as they are.
+    "W4A4": QuantScheme(
+        name="W4A4",
+        mode=QuantMode.STATIC,
+        weight=TensorQuantSpec(format="int4", granularity="per_channel", symmetric=True),
+        activation=TensorQuantSpec(format="int4", granularity="per_tensor", symmetric=False),
+    ),
+    "W2A8": QuantScheme(
+        name="W2A8",
+        mode=QuantMode.STATIC,
+        weight=TensorQuantSpec(format="int2", granularity="per_channel", symmetric=True),
+        activation=_A8_STATIC,
+    ),
     # Non-uniform grids and codebooks (weight-only, bf16 activations).
     "NF4": _weight_only("NF4", "nf4", "per_group:64"),  # QLoRA: NF4 levels, absmax per 64
     "POT4": _weight_only("POT4", "pot4", "per_channel"),  # {0, ±2^-6..±1} x channel scale

@@ -99,7 +99,7 @@ class QuantConv(QuantModule):
         if mode is QuantMode.STATIC:
             self._codes = ActivationCodes(act, self.input_scale, self.input_zero_point)
         int8 = self.int8_weight()  # sub-8-bit / non-uniform weights: expanded per channel
-        if int8 is None or int8.sqnr_db < EXPANSION_MIN_SQNR_DB or act.int_format.bits != 8:
+        if int8 is None or int8.sqnr_db < EXPANSION_MIN_SQNR_DB or not self._uint8_inputs():
             self._fast = False
             self._fallback("int8 conv takes 8-bit activations and symmetric per-channel weights")
         elif not cpu.has_onednn_qconv():
@@ -112,6 +112,15 @@ class QuantConv(QuantModule):
             self._packed = cpu.prepack_int8_conv(
                 w_int8, self._w_scale, self.stride, self.padding, self.dilation, self.groups
             )
+
+    def _uint8_inputs(self) -> bool:
+        """Whether the inputs' codes fit oneDNN's uint8 grid with the same scale.
+
+        Static grids of up to 8 bits do (a 4-bit grid is a subset of the uint8 one, shifted by
+        128 like int8); dynamic inputs get an 8-bit range of their own, so only 8-bit specs.
+        """
+        bits = self.scheme.activation.int_format.bits
+        return bits <= 8 if self.scheme.mode is QuantMode.STATIC else bits == 8
 
     def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
         """uint8 codes of ``x`` with their (scale, zero point): calibrated, or from x's min/max.
@@ -144,7 +153,7 @@ class QuantConv(QuantModule):
                 x.to(torch.bfloat16), w, b, self.stride, self.padding, self.dilation, self.groups
             )
             return y.to(x.dtype)
-        if self.scheme.activation.int_format.bits != 8:
+        if not self._uint8_inputs():
             return self._forward_general(x.float()).to(x.dtype)
         qx, scale, zp = self._quantize_input(x.float())
         if self._fast:
