@@ -6,11 +6,18 @@ straight-through rounding); train with any loop; ``convert`` returns the real in
 
 from lowbit.qat.convert import convert, prepare
 from lowbit.qat.fake_quant import lsq_fake_quantize, round_ste
+from lowbit.qat.fit import FitHistory, fit
+from lowbit.qat.losses import QATLoss, distillation_loss, quantization_error
 from lowbit.qat.modules import QATConv, QATLayer, QATLinear
 
 __all__ = [
     "prepare",
     "convert",
+    "fit",
+    "FitHistory",
+    "QATLoss",
+    "distillation_loss",
+    "quantization_error",
     "QATLayer",
     "QATLinear",
     "QATConv",

@@ -13,10 +13,12 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
-from lowbit.config import QuantConfig, QuantScheme
+from lowbit.calibrate import collect_input_ranges
+from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import InvalidModelError
 from lowbit.qat.modules import QATConv, QATLayer, QATLinear
 from lowbit.quantize import QuantizationRecord, _check_model, _plan, resolve_config
@@ -34,13 +36,17 @@ def prepare(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
     overrides: Mapping[str, str | QuantScheme | None] | None = None,
+    calibration: Any = None,
     inplace: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` whose Linear/Conv layers train under fake quantization.
 
     BatchNorm is folded into the preceding convolution first, with its running statistics
     (so training updates the folded weights and the converted model has no BatchNorm). Embedding
-    tables stay float during QAT. The model is returned in training mode.
+    tables stay float during QAT. Static input steps start from the min/max of ``calibration``
+    batches when given (as post-training quantization would choose them; needed before wrapping
+    the model in DDP, so every replica starts equal), else from the first training batch. The
+    model is returned in training mode.
     """
     config = resolve_config(scheme, include, exclude, overrides)
     _check_model(model)
@@ -59,7 +65,23 @@ def prepare(
             raise InvalidModelError("prepare needs a model that contains layers, not a layer")
         _set(model, name, cls(module, layer_scheme, name))
     model.lowbit_qat = record
+    if calibration is not None:
+        _init_input_steps(model, calibration)
     return model.train()
+
+
+def _init_input_steps(model: nn.Module, calibration: Any) -> None:
+    targets = {
+        name: (m, m.scheme.activation)
+        for name, m in model.named_modules()
+        if isinstance(m, QATLayer) and m.scheme.mode is QuantMode.STATIC
+    }
+    if not targets:
+        return
+    ranges = collect_input_ranges(model, targets, calibration)
+    for name, (module, _spec) in targets.items():
+        if name in ranges:
+            module.set_input_range(*ranges[name])
 
 
 def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:

@@ -67,13 +67,17 @@ class QATLayer(nn.Module):
         block = tuple(x.shape)  # one step for the whole tensor
         return lsq_fake_quantize(x, s, self.input_zero_point, fmt.qmin, fmt.qmax, block, g)
 
-    @torch.no_grad()
     def _init_input_step(self, x: torch.Tensor, fmt: IntFormat) -> None:
         """The first batch's min/max step, as post-training calibration would choose it."""
-        lo, hi = torch.aminmax(x.detach().float())
-        scale, zp = choose_qparams(lo, hi, fmt, self.scheme.activation.symmetric)
-        self.input_scale.copy_(scale)
-        self.input_zero_point.copy_(zp)
+        self.set_input_range(*torch.aminmax(x.detach().float()))
+
+    @torch.no_grad()
+    def set_input_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Start the input step at the range ``[lo, hi]`` (calibration's min/max)."""
+        act = self.scheme.activation
+        scale, zp = choose_qparams(lo, hi, act.int_format, act.symmetric)
+        self.input_scale.copy_(scale.reshape(()))
+        self.input_zero_point.copy_(zp.reshape(()))
         self.input_initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,68 @@
+"""QAT losses: the task loss plus distillation from the float model and a quantization-error term.
+
+``L = w_task * CE(z_s, y) + w_kd * T² * KL(softmax(z_t / T) || softmax(z_s / T))
+      + w_q * Σ_layers mean((ŵ - w)²) / mean(w²)``
+
+Distillation (Hinton et al. 2015) lets the float model's soft labels guide the quantized one; the
+regularizer pulls shadow weights towards their grid so rounding changes less at convert time.
+
+>>> kd = distillation_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]]))
+>>> float(kd)
+0.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lowbit.errors import ConfigError
+
+__all__ = ["QATLoss", "distillation_loss", "quantization_error"]
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0):
+    """``T² · KL(softmax(teacher/T) || softmax(student/T))``, averaged over the batch."""
+    t = temperature
+    log_p_s = nn.functional.log_softmax(student / t, dim=-1)
+    log_p_t = nn.functional.log_softmax(teacher.detach() / t, dim=-1)
+    return nn.functional.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * t * t
+
+
+def quantization_error(model: nn.Module) -> torch.Tensor:
+    """Σ over QAT layers of the relative weight error ``mean((ŵ - w)²) / mean(w²)``."""
+    from lowbit.qat.modules import QATLayer
+
+    terms = [
+        (m.weight_quantizer(m.weight) - m.weight).pow(2).mean()
+        / m.weight.pow(2).mean().clamp(min=1e-12)
+        for m in model.modules()
+        if isinstance(m, QATLayer)
+    ]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@dataclass(frozen=True)
+class QATLoss:
+    """Weights of the loss terms (``kd`` needs a teacher in :func:`lowbit.qat.fit`)."""
+
+    task: float = 1.0
+    kd: float = 0.0
+    temperature: float = 4.0
+    qerror: float = 0.0
+
+    def __post_init__(self) -> None:
+        if min(self.task, self.kd, self.qerror) < 0 or self.temperature <= 0:
+            raise ConfigError(f"loss weights must be >= 0 and the temperature > 0, got {self}")
+
+    def __call__(self, model, logits, targets, teacher_logits=None) -> torch.Tensor:
+        loss = self.task * nn.functional.cross_entropy(logits, targets) if self.task else 0.0
+        if self.kd:
+            if teacher_logits is None:
+                raise ConfigError("QATLoss.kd > 0 needs teacher logits (pass teacher=float_model)")
+            loss = loss + self.kd * distillation_loss(logits, teacher_logits, self.temperature)
+        if self.qerror:
+            loss = loss + self.qerror * quantization_error(model)
+        return loss
