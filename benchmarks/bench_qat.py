@@ -31,7 +31,7 @@ def _batches(split, seed):
     return [(split.x_train[i], split.y_train[i]) for i in perm.split(64)]
 
 
-def run(tasks=("digits", "mnist1d"), schemes=SCHEMES, epochs=10, lr=5e-4, seed=0):
+def run(tasks=("digits", "mnist1d"), schemes=SCHEMES, epochs=30, lr=2e-3, seed=0):
     rows = []
     for name in tasks:
         task = TASKS[name]
@@ -68,8 +68,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tasks", nargs="+", default=["digits", "mnist1d"])
     p.add_argument("--schemes", nargs="+", default=list(SCHEMES))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=2e-3)
     args = p.parse_args()
     print(machine())
     rows = run(tuple(args.tasks), tuple(args.schemes), args.epochs, args.lr)

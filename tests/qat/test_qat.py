@@ -86,3 +86,23 @@ def test_bad_inputs() -> None:
     prepared = qat.prepare(_cnn(), "W8A8")
     with pytest.raises(CalibrationError, match="never initialised"):
         qat.convert(prepared)  # no batch has run: the input steps are unknown
+
+
+def test_batchnorm_trains_on_batch_statistics_then_freezes(tmp_path) -> None:
+    prepared = qat.prepare(_cnn(), "W8A8", freeze_bn_after=3)
+    layer = prepared[0]
+    assert isinstance(layer, qat.QATConvBN) and type(prepared[1]).__name__ == "FoldedBatchNorm"
+    _train_steps(prepared, steps=3)
+    frozen_mean = layer.bn.running_mean.clone()
+    assert not torch.equal(frozen_mean, torch.zeros(8))  # batch statistics moved it
+    _train_steps(prepared, steps=2)
+    assert int(layer.steps) == 3 and torch.equal(layer.bn.running_mean, frozen_mean)
+    prepared.eval()
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        fake = prepared(x)
+    converted = qat.convert(prepared)
+    assert isinstance(converted[0], QuantConv) and converted[0].bias is not None
+    assert sqnr_db(fake, converted(x)) > 30
+    lowbit.save(converted, tmp_path)
+    assert torch.equal(lowbit.load(tmp_path, _cnn())(x), converted(x))

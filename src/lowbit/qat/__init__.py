@@ -4,6 +4,7 @@
 straight-through rounding); train with any loop; ``convert`` returns the real integer model.
 """
 
+from lowbit.qat.bn import QATConvBN
 from lowbit.qat.convert import convert, prepare
 from lowbit.qat.fake_quant import lsq_fake_quantize, round_ste
 from lowbit.qat.fit import FitHistory, fit
@@ -21,6 +22,7 @@ __all__ = [
     "QATLayer",
     "QATLinear",
     "QATConv",
+    "QATConvBN",
     "lsq_fake_quantize",
     "round_ste",
 ]

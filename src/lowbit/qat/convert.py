@@ -20,9 +20,16 @@ from torch import nn
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import InvalidModelError
+from lowbit.qat.bn import QATConvBN
 from lowbit.qat.modules import QATConv, QATLayer, QATLinear
 from lowbit.quantize import QuantizationRecord, _check_model, _plan, resolve_config
-from lowbit.transforms.bn_fold import _set, fold_batchnorm_
+from lowbit.transforms.bn_fold import (
+    FoldedBatchNorm,
+    _set,
+    find_conv_bn_pairs,
+    fold_batchnorm_,
+    fold_pair_,
+)
 
 __all__ = ["prepare", "convert"]
 
@@ -37,12 +44,15 @@ def prepare(
     exclude: Iterable[str] | None = None,
     overrides: Mapping[str, str | QuantScheme | None] | None = None,
     calibration: Any = None,
+    freeze_bn_after: int = 0,
     inplace: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` whose Linear/Conv layers train under fake quantization.
 
-    BatchNorm is folded into the preceding convolution first, with its running statistics
-    (so training updates the folded weights and the converted model has no BatchNorm). Embedding
+    BatchNorm is folded into the preceding convolution. With ``freeze_bn_after=0`` (default) it
+    is folded once, with its running statistics; with ``freeze_bn_after=N`` the pair trains
+    folded on batch statistics for N steps, then on frozen running ones (:class:`QATConvBN`).
+    Either way the converted model has no BatchNorm. Embedding
     tables stay float during QAT. Static input steps start from the min/max of ``calibration``
     batches when given (as post-training quantization would choose them; needed before wrapping
     the model in DDP, so every replica starts equal), else from the first training batch. The
@@ -54,9 +64,22 @@ def prepare(
         model = copy.deepcopy(model)
     model.eval()  # folding reads the running statistics
     record = QuantizationRecord(config=config)
-    if config.fold_batchnorm:
+    bn_pairs = {}
+    if config.fold_batchnorm and freeze_bn_after > 0:
+        bn_pairs = dict(find_conv_bn_pairs(model))
+    elif config.fold_batchnorm:
         record.folded = fold_batchnorm_(model)
-    for name, (module, layer_scheme) in _plan(model, config, record).items():
+    plan = _plan(model, config, record)
+    for conv_name, bn_name in bn_pairs.items():
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        record.folded.append({"conv": conv_name, "bn": bn_name, "bias_added": conv.bias is None})
+        if conv_name in plan:
+            scheme_ = plan.pop(conv_name)[1]
+            _set(model, conv_name, QATConvBN(conv, bn, scheme_, conv_name, freeze_bn_after))
+        else:  # a float layer: fold it now
+            fold_pair_(conv, bn)
+        _set(model, bn_name, FoldedBatchNorm())
+    for name, (module, layer_scheme) in plan.items():
         if isinstance(module, nn.Embedding):
             record.skipped[name] = "embedding tables are not trained under QAT (yet)"
             continue

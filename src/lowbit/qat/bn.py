@@ -1,0 +1,91 @@
+"""Conv + BatchNorm trained folded, with BatchNorm statistics frozen after ``freeze_after`` steps.
+
+Following Jacob et al. 2018 and Krishnamoorthi 2018: the convolution is always computed with the
+folded weight ``w' = w * γ / σ`` (fake-quantized, as it will be stored) and bias
+``b' = β + (b - μ) * γ / σ``. For the first ``freeze_after`` training steps ``μ, σ`` are the
+batch's statistics (from a float convolution of the same input) and update the running ones;
+after that the running statistics are frozen and used, so training sees exactly the folded
+layer it will be converted to.
+
+>>> conv, bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+>>> layer = QATConvBN(conv, bn, get_preset("W8A8"), "conv", freeze_after=100)
+>>> layer(torch.randn(4, 3, 6, 6)).shape
+torch.Size([4, 8, 4, 4])
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lowbit.config import QuantScheme
+from lowbit.nn import QuantConv
+from lowbit.nn.base import QuantizedWeight
+from lowbit.qat.modules import QATConv
+from lowbit.qat.weights import make_weight_quantizer
+
+__all__ = ["QATConvBN"]
+
+
+class QATConvBN(QATConv):
+    """A convolution and its BatchNorm under QAT; converts to one folded :class:`QuantConv`."""
+
+    def __init__(
+        self,
+        conv: nn.Conv1d | nn.Conv2d,
+        bn: nn.BatchNorm1d | nn.BatchNorm2d,
+        scheme: QuantScheme,
+        name: str,
+        freeze_after: int,
+    ):
+        super().__init__(conv, scheme, name)
+        self.bn = copy.deepcopy(bn)
+        self.freeze_after = freeze_after
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._geometry["bias"] = True  # the folded layer always has a bias
+        # steps start from the folded weight, the one that will be quantized
+        folded, _ = self._fold(self.bn.running_mean, self.bn.running_var)
+        self.weight_quantizer = make_weight_quantizer(folded.detach(), scheme.weight)
+
+    def _fold(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.bn
+        gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias if bn.bias is not None else torch.zeros_like(var)
+        factor = gamma * torch.rsqrt(var + bn.eps)
+        bias = self.bias if self.bias is not None else torch.zeros_like(mean)
+        shape = [-1] + [1] * (self.weight.dim() - 1)
+        return self.weight * factor.reshape(shape), beta + (bias - mean) * factor
+
+    def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch statistics (updating the running ones) until frozen, then the running ones."""
+        bn = self.bn
+        if not self.training or int(self.steps) >= self.freeze_after:
+            return bn.running_mean, bn.running_var
+        y = self._op(x, self.weight, None)
+        dims = [0] + list(range(2, y.dim()))
+        mean, var = y.mean(dims), y.var(dims, unbiased=False)
+        with torch.no_grad():
+            n = y.numel() // y.shape[1]
+            m = bn.momentum if bn.momentum is not None else 0.1
+            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))
+            self.steps += 1
+        return mean, var
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = self.fake_input(x)
+        weight, bias = self._fold(*self._statistics(xq))
+        return self._op(xq, self.weight_quantizer(weight), bias)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        weight, _ = self._fold(self.bn.running_mean, self.bn.running_var)
+        return self.weight_quantizer.quantized(weight.detach())
+
+    def to_quantized(self) -> QuantConv:
+        _, bias = self._fold(self.bn.running_mean, self.bn.running_var)
+        shell = (nn.Conv1d if self.dims == 1 else nn.Conv2d)(**self._geometry, device="meta")
+        return QuantConv(
+            shell, self.scheme, self.quantized_weight(), bias.detach(), self.input_qparams()
+        )
