@@ -43,3 +43,15 @@ def test_forward_equals_quantize_dequantize(scale, zp, seed) -> None:
     y = lsq_fake_quantize(x, torch.tensor(scale), torch.tensor(zp), -8, 7, (50,), 1.0)
     q = torch.clamp(torch.round(x / scale) + zp, -8, 7)
     assert torch.allclose(y, (q - zp) * scale, atol=1e-6)
+
+
+def test_pact_clips_and_sends_the_clip_gradient_to_alpha() -> None:
+    from lowbit.qat.fake_quant import pact_fake_quantize
+
+    step = torch.tensor(0.5, requires_grad=True)  # alpha = 0.5 * 4 = 2
+    x = torch.tensor([-1.0, 0.7, 3.0], requires_grad=True)
+    y = pact_fake_quantize(x, step, 4)
+    assert y.tolist() == [0.0, 0.5, 2.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 0.0]
+    assert float(step.grad) == 4.0  # only x >= alpha, times the number of steps

@@ -106,3 +106,19 @@ def test_batchnorm_trains_on_batch_statistics_then_freezes(tmp_path) -> None:
     assert sqnr_db(fake, converted(x)) > 30
     lowbit.save(converted, tmp_path)
     assert torch.equal(lowbit.load(tmp_path, _cnn())(x), converted(x))
+
+
+def test_pact_inputs_convert_exactly() -> None:
+    calib = [torch.randn(16, 1, 8, 8)]
+    prepared = qat.prepare(_cnn(), "W4A4", calibration=calib, activation_estimator="pact")
+    assert bool(prepared[5].input_pact)  # after a ReLU: non-negative, so PACT
+    assert not bool(prepared[0].input_pact)  # raw inputs go below zero: LSQ
+    _train_steps(prepared)
+    prepared.eval()
+    x = torch.randn(64, 1, 8, 8)
+    with torch.no_grad():
+        fake = prepared(x)
+    out = qat.convert(prepared)(x)
+    assert sqnr_db(fake, out) > 30 and (fake.argmax(1) == out.argmax(1)).float().mean() >= 0.95
+    with pytest.raises(ConfigError, match="activation_estimator"):
+        qat.prepare(_cnn(), "W4A4", activation_estimator="ste")

@@ -19,7 +19,7 @@ from torch import nn
 
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
-from lowbit.errors import InvalidModelError
+from lowbit.errors import ConfigError, InvalidModelError
 from lowbit.qat.bn import QATConvBN
 from lowbit.qat.modules import QATConv, QATLayer, QATLinear
 from lowbit.quantize import QuantizationRecord, _check_model, _plan, resolve_config
@@ -45,6 +45,7 @@ def prepare(
     overrides: Mapping[str, str | QuantScheme | None] | None = None,
     calibration: Any = None,
     freeze_bn_after: int = 0,
+    activation_estimator: str = "lsq",
     inplace: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` whose Linear/Conv layers train under fake quantization.
@@ -52,7 +53,11 @@ def prepare(
     BatchNorm is folded into the preceding convolution. With ``freeze_bn_after=0`` (default) it
     is folded once, with its running statistics; with ``freeze_bn_after=N`` the pair trains
     folded on batch statistics for N steps, then on frozen running ones (:class:`QATConvBN`).
-    Either way the converted model has no BatchNorm. Embedding
+    Either way the converted model has no BatchNorm.
+
+    ``activation_estimator``: ``"lsq"`` (learned step, any range) or ``"pact"`` (learned clipping
+    of non-negative inputs such as ReLU outputs; layers whose calibrated input goes below zero
+    keep LSQ). Embedding
     tables stay float during QAT. Static input steps start from the min/max of ``calibration``
     batches when given (as post-training quantization would choose them; needed before wrapping
     the model in DDP, so every replica starts equal), else from the first training batch. The
@@ -87,6 +92,11 @@ def prepare(
         if not name:
             raise InvalidModelError("prepare needs a model that contains layers, not a layer")
         _set(model, name, cls(module, layer_scheme, name))
+    if activation_estimator not in ("lsq", "pact"):
+        raise ConfigError(f"activation_estimator is 'lsq' or 'pact', got {activation_estimator!r}")
+    for m in model.modules():
+        if isinstance(m, QATLayer):
+            m.activation_estimator = activation_estimator
     model.lowbit_qat = record
     if calibration is not None:
         _init_input_steps(model, calibration)

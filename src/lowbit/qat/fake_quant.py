@@ -24,7 +24,14 @@ import torch
 
 from lowbit.primitives import block_view, expand_params
 
-__all__ = ["round_ste", "grad_scale", "cast_ste", "lsq_fake_quantize", "lsq_grad_factor"]
+__all__ = [
+    "round_ste",
+    "grad_scale",
+    "cast_ste",
+    "lsq_fake_quantize",
+    "lsq_grad_factor",
+    "pact_fake_quantize",
+]
 
 
 def round_ste(v: torch.Tensor) -> torch.Tensor:
@@ -62,3 +69,16 @@ def lsq_fake_quantize(
     v = block_view(x, block_size)
     q = round_ste(torch.clamp(v / s + z, qmin, qmax))
     return ((q - z) * s).reshape(x.shape)
+
+
+def pact_fake_quantize(x: torch.Tensor, step: torch.Tensor, levels: int) -> torch.Tensor:
+    """PACT (Choi et al. 2018) for non-negative inputs: clip to ``[0, α]``, ``α = step * levels``.
+
+    ``y = min(relu(x), α)`` quantized on ``levels`` steps of ``α / levels``. Gradients as in the
+    paper: ``∂/∂x = 1`` on ``[0, α]``, ``∂/∂α = 1`` where ``x >= α`` (rounding straight through,
+    so the step receives ``levels`` times PACT's clipping gradient).
+    """
+    alpha = step * levels
+    y = torch.minimum(torch.relu(x), alpha)
+    s = step.detach()
+    return y + (torch.round(y / s) * s - y).detach()

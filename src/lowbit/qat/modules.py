@@ -22,7 +22,7 @@ from lowbit.kernels.reference import CONV_FN
 from lowbit.nn import QuantConv, QuantLinear
 from lowbit.nn.base import QuantizedWeight
 from lowbit.primitives import block_minmax, choose_qparams
-from lowbit.qat.fake_quant import lsq_fake_quantize, lsq_grad_factor
+from lowbit.qat.fake_quant import lsq_fake_quantize, lsq_grad_factor, pact_fake_quantize
 from lowbit.qat.weights import make_weight_quantizer
 
 __all__ = ["QATLayer", "QATLinear", "QATConv"]
@@ -44,6 +44,8 @@ class QATLayer(nn.Module):
             self.input_scale = nn.Parameter(torch.ones(()))
             self.register_buffer("input_zero_point", torch.zeros((), dtype=torch.int32))
             self.register_buffer("input_initialized", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("input_pact", torch.zeros((), dtype=torch.bool))
+        self.activation_estimator = "lsq"  # or "pact" (set by prepare)
 
     # -- fake quantization -----------------------------------------------------------------------
     def fake_weight(self) -> torch.Tensor:
@@ -63,6 +65,8 @@ class QATLayer(nn.Module):
         if not bool(self.input_initialized):
             self._init_input_step(x, fmt)
         s = self.input_scale.abs().clamp(min=1e-12)
+        if bool(self.input_pact):
+            return pact_fake_quantize(x, s, fmt.qmax - fmt.qmin)
         g = lsq_grad_factor(x[0].numel(), fmt.qmax)
         block = tuple(x.shape)  # one step for the whole tensor
         return lsq_fake_quantize(x, s, self.input_zero_point, fmt.qmin, fmt.qmax, block, g)
@@ -75,9 +79,16 @@ class QATLayer(nn.Module):
     def set_input_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         """Start the input step at the range ``[lo, hi]`` (calibration's min/max)."""
         act = self.scheme.activation
-        scale, zp = choose_qparams(lo, hi, act.int_format, act.symmetric)
+        fmt = act.int_format
+        pact = self.activation_estimator == "pact" and float(lo) >= 0 and not act.symmetric
+        if pact:  # [0, α] on the whole grid: s = α / (qmax - qmin), zero at qmin
+            scale = (hi.float() / (fmt.qmax - fmt.qmin)).clamp(min=1e-12)
+            zp = torch.tensor(fmt.qmin)
+        else:
+            scale, zp = choose_qparams(lo, hi, fmt, act.symmetric)
         self.input_scale.copy_(scale.reshape(()))
         self.input_zero_point.copy_(zp.reshape(()))
+        self.input_pact.fill_(pact)
         self.input_initialized.fill_(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
