@@ -122,3 +122,24 @@ def test_pact_inputs_convert_exactly() -> None:
     assert sqnr_db(fake, out) > 30 and (fake.argmax(1) == out.argmax(1)).float().mean() >= 0.95
     with pytest.raises(ConfigError, match="activation_estimator"):
         qat.prepare(_cnn(), "W4A4", activation_estimator="ste")
+
+
+def test_fit_with_distillation_feature_and_qerror_terms() -> None:
+    teacher = _cnn().eval()
+    prepared = qat.prepare(teacher, "W4A8")
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 10, (16,))) for _ in range(3)
+    ]
+    loss = qat.QATLoss(kd=1.0, qerror=0.1, feature=1.0, feature_layers=("5",))
+    seen = []
+    history = qat.fit(prepared, batches, epochs=2, teacher=teacher, loss=loss,
+                      eval_fn=lambda m: seen.append(m.training) or 1.0, progress=False)  # fmt: skip
+    assert len(history.loss) == 2 and all(v > 0 for v in history.loss)
+    assert seen == [False, False] and history.evaluation == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="feature_layers"):
+        qat.QATLoss(feature=1.0)
+    with pytest.raises(ConfigError, match="teacher"):
+        qat.fit(prepared, batches, epochs=1, loss=qat.QATLoss(kd=1.0), progress=False)
+    with pytest.raises(CalibrationError, match="empty"):
+        qat.fit(prepared, [], epochs=1, progress=False)

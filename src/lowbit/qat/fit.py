@@ -9,8 +9,9 @@ Your own loop works as well: a prepared model is a plain ``nn.Module`` (see the 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -67,10 +68,11 @@ def fit(
         start, total, batches = time.perf_counter(), 0.0, 0
         for x, y in train_loader:
             opt.zero_grad()
-            logits = model(x)
-            with torch.no_grad():
+            with _capture(model, loss.feature_layers) as feats:
+                logits = model(x)
+            with torch.no_grad(), _capture(teacher, loss.feature_layers) as t_feats:
                 t_logits = teacher(x) if teacher is not None else None
-            value = loss(model, logits, y, t_logits)
+            value = loss(model, logits, y, t_logits, feats, t_feats)
             value.backward()
             opt.step()
             total, batches = total + float(value.detach()), batches + 1
@@ -85,3 +87,24 @@ def fit(
                 history.evaluation.append(eval_fn(model))
         bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
     return history
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module | None, names: tuple[str, ...]) -> Iterator[dict]:
+    """Outputs of the named submodules during the ``with`` block (for feature distillation)."""
+    out: dict[str, torch.Tensor] = {}
+    if model is None or not names:
+        yield out
+        return
+    hooks = []
+    for name in names:
+
+        def hook(_m, _args, result, name=name):
+            out[name] = result
+
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()

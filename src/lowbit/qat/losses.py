@@ -1,7 +1,7 @@
 """QAT losses: the task loss plus distillation from the float model and a quantization-error term.
 
 ``L = w_task * CE(z_s, y) + w_kd * T² * KL(softmax(z_t / T) || softmax(z_s / T))
-      + w_q * Σ_layers mean((ŵ - w)²) / mean(w²)``
+      + w_q * Σ_layers mean((ŵ - w)²) / mean(w²) + w_f * Σ_features MSE(f_s, f_t)``
 
 Distillation (Hinton et al. 2015) lets the float model's soft labels guide the quantized one; the
 regularizer pulls shadow weights towards their grid so rounding changes less at convert time.
@@ -52,12 +52,19 @@ class QATLoss:
     kd: float = 0.0
     temperature: float = 4.0
     qerror: float = 0.0
+    feature: float = 0.0  # MSE between student and teacher outputs of ``feature_layers``
+    feature_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if min(self.task, self.kd, self.qerror) < 0 or self.temperature <= 0:
+        object.__setattr__(self, "feature_layers", tuple(self.feature_layers))
+        if self.feature and not self.feature_layers:
+            raise ConfigError("QATLoss.feature > 0 needs feature_layers=('module.name', ...)")
+        if min(self.task, self.kd, self.qerror, self.feature) < 0 or self.temperature <= 0:
             raise ConfigError(f"loss weights must be >= 0 and the temperature > 0, got {self}")
 
-    def __call__(self, model, logits, targets, teacher_logits=None) -> torch.Tensor:
+    def __call__(
+        self, model, logits, targets, teacher_logits=None, features=None, teacher_features=None
+    ) -> torch.Tensor:
         loss = self.task * nn.functional.cross_entropy(logits, targets) if self.task else 0.0
         if self.kd:
             if teacher_logits is None:
@@ -65,4 +72,12 @@ class QATLoss:
             loss = loss + self.kd * distillation_loss(logits, teacher_logits, self.temperature)
         if self.qerror:
             loss = loss + self.qerror * quantization_error(model)
+        if self.feature:
+            if not teacher_features:
+                raise ConfigError("QATLoss.feature > 0 needs a teacher (pass teacher=float_model)")
+            mse = sum(
+                nn.functional.mse_loss(features[k], teacher_features[k].detach())
+                for k in self.feature_layers
+            )
+            loss = loss + self.feature * mse
         return loss
