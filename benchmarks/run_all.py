@@ -1,4 +1,4 @@
-"""Run every benchmark in turn (about 25 minutes on 2 cores) and print their tables.
+"""Run every benchmark in turn (about 35 minutes on 2 cores) and print their tables.
 
 Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Copy the output into RESULTS.md.
 """
@@ -16,6 +16,7 @@ SCRIPTS = [
     ["benchmarks.bench_minilm", "--compile"],
     ["benchmarks.bench_lowbit"],
     ["benchmarks.bench_grids"],
+    ["benchmarks.bench_qat"],
 ]
 
 if __name__ == "__main__":
