@@ -55,3 +55,11 @@ def test_pact_clips_and_sends_the_clip_gradient_to_alpha() -> None:
     y.sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 0.0]
     assert float(step.grad) == 4.0  # only x >= alpha, times the number of steps
+
+
+def test_ties_round_like_the_integer_kernels() -> None:
+    """round(x/s) + z, not round(x/s + z): with an odd zero point the ties differ."""
+    x, s, z = torch.tensor([0.25, 0.75]), torch.tensor(0.5), torch.tensor(1)
+    y = lsq_fake_quantize(x, s, z, -8, 7, (2,), 1.0)
+    q = torch.clamp(torch.round(x / s) + z, -8, 7)
+    assert torch.equal(y, (q - z) * s)

@@ -143,3 +143,41 @@ def test_fit_with_distillation_feature_and_qerror_terms() -> None:
         qat.fit(prepared, batches, epochs=1, loss=qat.QATLoss(kd=1.0), progress=False)
     with pytest.raises(CalibrationError, match="empty"):
         qat.fit(prepared, [], epochs=1, progress=False)
+
+
+def test_conv_bn_in_train_mode_matches_float_conv_bn() -> None:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8)
+    with torch.no_grad():
+        conv.bias.fill_(5.0)  # a bias the batch statistics must see
+    layer = qat.QATConvBN(conv, bn, lowbit.get_preset("W8A16"), "conv", freeze_after=10)
+    x = torch.randn(16, 3, 6, 6)
+    float_out = bn.train()(conv(x))
+    out = layer.train()(x)
+    assert sqnr_db(float_out, out) > 30  # int8 weights, bf16 inputs
+    assert torch.allclose(layer.bn.running_mean, bn.running_mean, atol=1e-4)
+
+
+def test_dynamic_convs_convert_closely() -> None:
+    prepared = qat.prepare(_cnn(), "W8A8-dynamic")
+    _train_steps(prepared)
+    prepared.eval()
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        fake = prepared[0](x)
+    converted = qat.convert(prepared)
+    assert sqnr_db(fake, converted[0](x)) > 60  # same per-tensor uint8 grid as QuantConv
+
+
+def test_quantization_error_pulls_weights_to_their_grid() -> None:
+    prepared = qat.prepare(_cnn(), "W2A8", freeze_bn_after=2)
+    _train_steps(prepared, steps=1)  # initialise input steps
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.05)
+    errors = []
+    for _ in range(5):
+        opt.zero_grad()
+        err = qat.quantization_error(prepared)
+        err.backward()
+        opt.step()
+        errors.append(float(err))
+    assert errors[-1] < errors[0] and prepared[5].weight.grad.abs().sum() > 0

@@ -1,11 +1,11 @@
 """Conv + BatchNorm trained folded, with BatchNorm statistics frozen after ``freeze_after`` steps.
 
-Following Jacob et al. 2018 and Krishnamoorthi 2018: the convolution is always computed with the
-folded weight ``w' = w * γ / σ`` (fake-quantized, as it will be stored) and bias
-``b' = β + (b - μ) * γ / σ``. For the first ``freeze_after`` training steps ``μ, σ`` are the
-batch's statistics (from a float convolution of the same input) and update the running ones;
-after that the running statistics are frozen and used, so training sees exactly the folded
-layer it will be converted to.
+Following Jacob et al. 2018 and Krishnamoorthi 2018: the convolution always uses the weight
+folded with the running statistics, ``w' = w * γ / σ_run`` (fake-quantized, as it will be
+stored), and bias ``b' = β + (b - μ) * γ / σ``. For the first ``freeze_after`` training steps
+``μ, σ`` are the batch's statistics (from a float convolution of the same input, which also
+updates the running ones) and the output is rescaled by ``σ_run / σ_B``; after that the running
+statistics are frozen, so training sees exactly the folded layer it will be converted to.
 
 >>> conv, bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
 >>> layer = QATConvBN(conv, bn, get_preset("W8A8"), "conv", freeze_after=100)
@@ -63,25 +63,44 @@ class QATConvBN(QATConv):
         bn = self.bn
         if not self.training or int(self.steps) >= self.freeze_after:
             return bn.running_mean, bn.running_var
-        y = self._op(x, self.weight, None)
+        y = self._op(x, self.weight, self.bias)  # what the float conv feeds its BatchNorm
         dims = [0] + list(range(2, y.dim()))
         mean, var = y.mean(dims), y.var(dims, unbiased=False)
         with torch.no_grad():
             n = y.numel() // y.shape[1]
-            m = bn.momentum if bn.momentum is not None else 0.1
+            # momentum=None is PyTorch's cumulative average
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(self.steps + 1)
             bn.running_mean.mul_(1 - m).add_(m * mean.detach())
             bn.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))
             self.steps += 1
         return mean, var
 
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._op(x, *self._fold(self.bn.running_mean, self.bn.running_var))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            return self.float_forward(x)
         xq = self.fake_input(x)
-        weight, bias = self._fold(*self._statistics(xq))
-        return self._op(xq, self.weight_quantizer(weight), bias)
+        mean, var = self._statistics(xq)
+        bn = self.bn
+        # The weight is always folded with the running statistics (the steps belong to it);
+        # during the batch-statistics phase the output is rescaled by σ_run / σ_B, so the layer
+        # computes BN(conv(x)) with batch statistics (Krishnamoorthi 2018, section 3.2).
+        weight, _ = self._fold(bn.running_mean, bn.running_var)
+        _, bias = self._fold(mean, var)
+        y = self._op(xq, self.weight_quantizer(weight), None)
+        if mean is not bn.running_mean:
+            ratio = torch.sqrt((bn.running_var + bn.eps) / (var + bn.eps))
+            y = y * ratio.reshape([1, -1] + [1] * self.dims)
+        return y + bias.reshape([1, -1] + [1] * self.dims)
+
+    def quantizer_input(self) -> torch.Tensor:
+        """The folded weight (running statistics): what the weight quantizer's steps belong to."""
+        return self._fold(self.bn.running_mean, self.bn.running_var)[0]
 
     def quantized_weight(self) -> QuantizedWeight:
-        weight, _ = self._fold(self.bn.running_mean, self.bn.running_var)
-        return self.weight_quantizer.quantized(weight.detach())
+        return self.weight_quantizer.quantized(self.quantizer_input().detach())
 
     def to_quantized(self) -> QuantConv:
         _, bias = self._fold(self.bn.running_mean, self.bn.running_var)

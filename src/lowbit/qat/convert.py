@@ -53,7 +53,8 @@ def prepare(
     BatchNorm is folded into the preceding convolution. With ``freeze_bn_after=0`` (default) it
     is folded once, with its running statistics; with ``freeze_bn_after=N`` the pair trains
     folded on batch statistics for N steps, then on frozen running ones (:class:`QATConvBN`).
-    Either way the converted model has no BatchNorm.
+    Either way the converted model has no BatchNorm. Embedding tables are not trained: they stay
+    float here and after :func:`convert` (quantize them post-training if needed).
 
     ``activation_estimator``: ``"lsq"`` (learned step, any range) or ``"pact"`` (learned clipping
     of non-negative inputs such as ReLU outputs; layers whose calibrated input goes below zero
@@ -63,6 +64,8 @@ def prepare(
     the model in DDP, so every replica starts equal), else from the first training batch. The
     model is returned in training mode.
     """
+    if activation_estimator not in ("lsq", "pact"):
+        raise ConfigError(f"activation_estimator is 'lsq' or 'pact', got {activation_estimator!r}")
     config = resolve_config(scheme, include, exclude, overrides)
     _check_model(model)
     if not inplace:
@@ -92,8 +95,6 @@ def prepare(
         if not name:
             raise InvalidModelError("prepare needs a model that contains layers, not a layer")
         _set(model, name, cls(module, layer_scheme, name))
-    if activation_estimator not in ("lsq", "pact"):
-        raise ConfigError(f"activation_estimator is 'lsq' or 'pact', got {activation_estimator!r}")
     for m in model.modules():
         if isinstance(m, QATLayer):
             m.activation_estimator = activation_estimator
@@ -111,7 +112,14 @@ def _init_input_steps(model: nn.Module, calibration: Any) -> None:
     }
     if not targets:
         return
-    ranges = collect_input_ranges(model, targets, calibration)
+    layers = [m for m in model.modules() if isinstance(m, QATLayer)]
+    for m in layers:  # observe the float model, as post-training calibration does
+        m.calibrating = True
+    try:
+        ranges = collect_input_ranges(model, targets, calibration)
+    finally:
+        for m in layers:
+            m.calibrating = False
     for name, (module, _spec) in targets.items():
         if name in ranges:
             module.set_input_range(*ranges[name])

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(args.epochs):
         perm = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(epoch))
         for idx in perm.split(64 * world):
+            if len(idx) < 2 * world:  # a tail too small to give every rank a batch: drop it
+                continue
             shard = idx[rank::world]  # this rank's part of the global batch
             opt.zero_grad()
             loss = nn.functional.cross_entropy(ddp(split.x_train[shard]), split.y_train[shard])

@@ -1,10 +1,10 @@
 """Differentiable fake quantization for QAT: straight-through rounding and LSQ step sizes.
 
 LSQ (Esser et al. 2020, "Learned Step Size Quantization"):
-``x̂ = (clamp(round(x/s + z), Qn, Qp) - z) * s`` with the straight-through estimator for round,
+``x̂ = (clamp(round(x/s) + z, Qn, Qp) - z) * s`` with the straight-through estimator for round,
 so ``∂x̂/∂x = 1`` inside the grid and 0 where ``x`` is clipped, and
 
-    ∂x̂/∂s = round(x/s + z) - z - x/s   inside,    Qn - z or Qp - z   where clipped,
+    ∂x̂/∂s = round(x/s) - x/s   inside,    Qn - z or Qp - z   where clipped,
 
 scaled by ``g = 1 / sqrt(N * Qp)`` (N = values sharing the step) so the step learns at the pace
 of the weights. Both come out of autograd through two identities, no custom backward:
@@ -67,7 +67,8 @@ def lsq_fake_quantize(
     s = expand_params(grad_scale(scale, g), block_size)
     z = expand_params(zero_point.to(x.dtype), block_size)
     v = block_view(x, block_size)
-    q = round_ste(torch.clamp(v / s + z, qmin, qmax))
+    # round(v/s) + z, in the integer kernels' order (ties round to even before the shift)
+    q = torch.clamp(round_ste(v / s) + z, qmin, qmax)
     return ((q - z) * s).reshape(x.shape)
 
 

@@ -47,7 +47,8 @@ def fit(
 ) -> FitHistory:
     """Train ``model`` (prepared or float) on ``(inputs, targets)`` batches for ``epochs``.
 
-    Adam at ``lr`` with a cosine schedule unless ``optimizer`` is given; ``teacher`` (the float
+    Adam at ``lr`` unless ``optimizer`` is given, with a cosine schedule over ``epochs`` either
+    way; ``teacher`` (the float
     model, in eval mode) supplies logits for the distillation term of ``loss`` (default:
     cross-entropy, plus distillation with weight 1 when a teacher is given).
     """

@@ -4,7 +4,7 @@
       + w_q * Σ_layers mean((ŵ - w)²) / mean(w²) + w_f * Σ_features MSE(f_s, f_t)``
 
 Distillation (Hinton et al. 2015) lets the float model's soft labels guide the quantized one; the
-regularizer pulls shadow weights towards their grid so rounding changes less at convert time.
+regularizer pulls shadow weights towards the grid values they round to.
 
 >>> kd = distillation_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[2.0, 0.0]]))
 >>> float(kd)
@@ -32,15 +32,20 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def quantization_error(model: nn.Module) -> torch.Tensor:
-    """Σ over QAT layers of the relative weight error ``mean((ŵ - w)²) / mean(w²)``."""
+    """Σ over QAT layers of ``mean((w - sg(ŵ))²) / sg(mean(w²))`` (sg = stop gradient).
+
+    Its gradient moves each shadow weight towards the grid value it rounds to (the
+    straight-through forward would give ``ŵ - w`` no gradient at all). For conv+BN layers ``w``
+    is the folded weight, the one the quantizer's steps belong to.
+    """
     from lowbit.qat.modules import QATLayer
 
-    terms = [
-        (m.weight_quantizer(m.weight) - m.weight).pow(2).mean()
-        / m.weight.pow(2).mean().clamp(min=1e-12)
-        for m in model.modules()
-        if isinstance(m, QATLayer)
-    ]
+    terms = []
+    for m in model.modules():
+        if isinstance(m, QATLayer):
+            w = m.quantizer_input()
+            target = m.weight_quantizer(w).detach()
+            terms.append((w - target).pow(2).mean() / w.detach().pow(2).mean().clamp(min=1e-12))
     return torch.stack(terms).sum() if terms else torch.zeros(())
 
 

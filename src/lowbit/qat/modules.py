@@ -51,11 +51,20 @@ class QATLayer(nn.Module):
     def fake_weight(self) -> torch.Tensor:
         return self.weight_quantizer(self.weight)
 
+    def quantizer_input(self) -> torch.Tensor:
+        """The weight the quantizer sees (the folded one for conv+BN layers)."""
+        return self.weight
+
     def fake_input(self, x: torch.Tensor) -> torch.Tensor:
         mode, act = self.scheme.mode, self.scheme.activation
         if mode is QuantMode.WEIGHT_ONLY:
             return x.to(torch.bfloat16).to(x.dtype)  # the kernels see bf16 activations
         fmt = act.int_format
+        if mode is QuantMode.DYNAMIC and isinstance(self, QATConv):
+            # QuantConv's dynamic path: one asymmetric uint8 range per input tensor
+            lo, hi = torch.aminmax(x.detach())
+            s, z = choose_qparams(lo, hi, IntFormat(8, signed=False), symmetric=False)
+            return lsq_fake_quantize(x, s, z, 0, 255, tuple(x.shape), 0.0)
         if mode is QuantMode.DYNAMIC:  # per-token or per-tensor steps from x itself, not learned
             x2 = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x
             block = act.granularity_value.block_size(tuple(x2.shape))
@@ -63,6 +72,12 @@ class QATLayer(nn.Module):
             s, z = choose_qparams(lo, hi, fmt, act.symmetric)
             return lsq_fake_quantize(x2, s, z, fmt.qmin, fmt.qmax, block, 0.0).reshape(x.shape)
         if not bool(self.input_initialized):
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                raise CalibrationError(
+                    f"{self.name}: input step not initialised under torch.distributed; pass "
+                    "calibration=... to lowbit.qat.prepare before wrapping the model in DDP, "
+                    "so every replica starts from the same steps"
+                )
             self._init_input_step(x, fmt)
         s = self.input_scale.abs().clamp(min=1e-12)
         if bool(self.input_pact):
@@ -91,8 +106,16 @@ class QATLayer(nn.Module):
         self.input_pact.fill_(pact)
         self.input_initialized.fill_(True)
 
+    calibrating = False  # set while prepare() calibrates: the float layer runs, unquantized
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            return self.float_forward(x)
         return self._op(self.fake_input(x), self.fake_weight(), self.bias)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The float layer (what post-training calibration observes)."""
+        return self._op(x, self.weight, self.bias)
 
     # -- conversion ------------------------------------------------------------------------------
     def quantized_weight(self) -> QuantizedWeight:
