@@ -179,5 +179,5 @@ def test_quantization_error_pulls_weights_to_their_grid() -> None:
         err = qat.quantization_error(prepared)
         err.backward()
         opt.step()
-        errors.append(float(err))
+        errors.append(float(err.detach()))
     assert errors[-1] < errors[0] and prepared[5].weight.grad.abs().sum() > 0
