@@ -31,7 +31,7 @@ def _batches(split, seed):
     return [(split.x_train[i], split.y_train[i]) for i in perm.split(64)]
 
 
-def run(tasks=("digits", "mnist1d"), schemes=SCHEMES, epochs=30, lr=2e-3, seed=0):
+def run(tasks=("digits", "mnist1d"), schemes=SCHEMES, epochs=30, lr=2e-3, seed=0, act="lsq"):
     rows = []
     for name in tasks:
         task = TASKS[name]
@@ -44,7 +44,7 @@ def run(tasks=("digits", "mnist1d"), schemes=SCHEMES, epochs=30, lr=2e-3, seed=0
         calib = list(split.x_train[:512].split(64))
         for scheme in schemes:
             ptq = lowbit.quantize(model, scheme, calibration=calib, progress=False)
-            prepared = qat.prepare(model, scheme, calibration=calib)
+            prepared = qat.prepare(model, scheme, calibration=calib, activation_estimator=act)
             torch.manual_seed(seed)
             hist = qat.fit(prepared, _batches(split, seed), epochs, lr=lr, teacher=model,
                            progress=False)  # fmt: skip
@@ -70,9 +70,10 @@ def main() -> None:
     p.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--activations", default="lsq", choices=["lsq", "pact"])
     args = p.parse_args()
     print(machine())
-    rows = run(tuple(args.tasks), tuple(args.schemes), args.epochs, args.lr)
+    rows = run(tuple(args.tasks), tuple(args.schemes), args.epochs, args.lr, act=args.activations)
     print(format_table(rows, COLUMNS))
 
 

@@ -75,12 +75,7 @@ class QATConvBN(QATConv):
             self.steps += 1
         return mean, var
 
-    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._op(x, *self._fold(self.bn.running_mean, self.bn.running_var))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calibrating:
-            return self.float_forward(x)
         xq = self.fake_input(x)
         mean, var = self._statistics(xq)
         bn = self.bn

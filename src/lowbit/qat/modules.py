@@ -72,7 +72,8 @@ class QATLayer(nn.Module):
             s, z = choose_qparams(lo, hi, fmt, act.symmetric)
             return lsq_fake_quantize(x2, s, z, fmt.qmin, fmt.qmax, block, 0.0).reshape(x.shape)
         if not bool(self.input_initialized):
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            if distributed and not self.calibrating:
                 raise CalibrationError(
                     f"{self.name}: input step not initialised under torch.distributed; pass "
                     "calibration=... to lowbit.qat.prepare before wrapping the model in DDP, "
@@ -106,16 +107,10 @@ class QATLayer(nn.Module):
         self.input_pact.fill_(pact)
         self.input_initialized.fill_(True)
 
-    calibrating = False  # set while prepare() calibrates: the float layer runs, unquantized
+    calibrating = False  # set while prepare() calibrates (steps may then start lazily)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calibrating:
-            return self.float_forward(x)
         return self._op(self.fake_input(x), self.fake_weight(), self.bias)
-
-    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The float layer (what post-training calibration observes)."""
-        return self._op(x, self.weight, self.bias)
 
     # -- conversion ------------------------------------------------------------------------------
     def quantized_weight(self) -> QuantizedWeight:
