@@ -60,8 +60,9 @@ def prepare(
     of non-negative inputs such as ReLU outputs; layers whose calibrated input goes below zero
     keep LSQ). Embedding
     tables stay float during QAT. Static input steps start from the min/max of ``calibration``
-    batches when given (as post-training quantization would choose them; needed before wrapping
-    the model in DDP, so every replica starts equal), else from the first training batch. The
+    batches when given, each layer observing the inputs it gets with the layers before it
+    already quantized (needed before wrapping the model in DDP, so every replica starts
+    equal), else from the first training batch. The
     model is returned in training mode.
     """
     if activation_estimator not in ("lsq", "pact"):
