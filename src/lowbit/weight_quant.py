@@ -41,6 +41,7 @@ __all__ = [
     "quantize_weight",
     "dequantize_weight",
     "placeholder_weight",
+    "codebook_groups",
     "check_finite",
 ]
 
@@ -121,19 +122,25 @@ def _grid(w2d: torch.Tensor, fmt: GridFormat, block: tuple[int, ...]) -> Quantiz
     return QuantizedWeight(q.reshape(w2d.shape).to(torch.uint8), scale)
 
 
-def _codebook(w2d: torch.Tensor, fmt: CodebookFormat, spec: TensorQuantSpec) -> QuantizedWeight:
+def codebook_groups(
+    w2d: torch.Tensor, spec: TensorQuantSpec
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(values, scale)``: the ``[G, n]`` values a codebook format clusters, row by codebook,
+    and the bf16 per-group scales they were divided by (None unless ``per_group``)."""
     gran = spec.granularity_value
-    scale = None
     if gran.kind is GranularityKind.PER_CHANNEL:
-        groups = w2d  # one codebook per output channel
-    elif gran.kind is GranularityKind.PER_GROUP:
+        return w2d, None  # one codebook per output channel
+    if gran.kind is GranularityKind.PER_GROUP:
         # one codebook per layer, fitted to the weights divided by their group's absmax
         block = gran.block_size(tuple(w2d.shape))
         v = block_view(w2d, block)
-        scale = v.abs().amax(dim=(1, 3)).clamp(min=1e-12).to(torch.bfloat16)
-        groups = (v / expand_params(scale.float(), block)).reshape(1, -1)
-    else:
-        groups = w2d.reshape(1, -1)  # one codebook per layer
+        scale = v.detach().abs().amax(dim=(1, 3)).clamp(min=1e-12).to(torch.bfloat16)
+        return (v / expand_params(scale.float(), block)).reshape(1, -1), scale
+    return w2d.reshape(1, -1), None  # one codebook per layer
+
+
+def _codebook(w2d: torch.Tensor, fmt: CodebookFormat, spec: TensorQuantSpec) -> QuantizedWeight:
+    groups, scale = codebook_groups(w2d, spec)
     if bool((groups.abs() > _FP16_MAX).any()):
         raise InvalidModelError(
             f"{fmt.name} stores its codebook in fp16, but this weight has values beyond ±65504; "

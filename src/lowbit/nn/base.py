@@ -19,7 +19,7 @@ from torch import nn
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.formats import IntFormat
 from lowbit.kernels import cpu
-from lowbit.primitives import block_minmax, block_view, choose_qparams, dequantize, quantize
+from lowbit.primitives import block_minmax, block_view, choose_qparams, fake_quantize
 from lowbit.weight_quant import QuantizedWeight, check_finite, dequantize_weight, quantize_weight
 
 __all__ = [
@@ -210,8 +210,12 @@ def placeholder_qparams(scheme: QuantScheme) -> tuple[torch.Tensor, torch.Tensor
 
 
 def fake_quantize_dynamic(x: torch.Tensor, spec: TensorQuantSpec) -> torch.Tensor:
-    """Reference dynamic quantization: ranges from ``x`` itself per block, then quantize-dequantize."""
+    """Dynamic quantization: ranges from ``x`` itself per block, then quantize-dequantize.
+
+    The reference of the dynamic kernels, and QAT's dynamic activations: the gradient passes
+    straight through (ranges are not learned).
+    """
     block = spec.granularity_value.block_size(tuple(x.shape))
-    lo, hi = block_minmax(x, block)
+    lo, hi = block_minmax(x.detach(), block)
     scale, zp = choose_qparams(lo, hi, spec.int_format, spec.symmetric)
-    return dequantize(quantize(x, scale, zp, spec.int_format, block), scale, zp, block)
+    return fake_quantize(x, scale, zp, spec.int_format, block)

@@ -24,7 +24,6 @@ from lowbit.config import QuantScheme
 from lowbit.nn import QuantConv
 from lowbit.nn.base import QuantizedWeight
 from lowbit.qat.modules import QATConv
-from lowbit.qat.weights import make_weight_quantizer
 
 __all__ = ["QATConvBN"]
 
@@ -40,23 +39,17 @@ class QATConvBN(QATConv):
         name: str,
         freeze_after: int,
     ):
-        super().__init__(conv, scheme, name)
+        # steps start from the folded weight, the one that will be quantized
+        with torch.no_grad():
+            folded, _ = _fold(conv.weight, conv.bias, bn, bn.running_mean, bn.running_var)
+        super().__init__(conv, scheme, name, quantizer_weight=folded)
         self.bn = copy.deepcopy(bn)
         self.freeze_after = freeze_after
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._geometry["bias"] = True  # the folded layer always has a bias
-        # steps start from the folded weight, the one that will be quantized
-        folded, _ = self._fold(self.bn.running_mean, self.bn.running_var)
-        self.weight_quantizer = make_weight_quantizer(folded.detach(), scheme.weight)
 
     def _fold(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bn = self.bn
-        gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
-        beta = bn.bias if bn.bias is not None else torch.zeros_like(var)
-        factor = gamma * torch.rsqrt(var + bn.eps)
-        bias = self.bias if self.bias is not None else torch.zeros_like(mean)
-        shape = [-1] + [1] * (self.weight.dim() - 1)
-        return self.weight * factor.reshape(shape), beta + (bias - mean) * factor
+        return _fold(self.weight, self.bias, self.bn, mean, var)
 
     def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch statistics (updating the running ones) until frozen, then the running ones."""
@@ -103,3 +96,13 @@ class QATConvBN(QATConv):
         return QuantConv(
             shell, self.scheme, self.quantized_weight(), bias.detach(), self.input_qparams()
         )
+
+
+def _fold(weight, bias, bn, mean, var) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w * γ/σ, β + (b - μ) * γ/σ)`` with ``σ = sqrt(var + eps)``; differentiable."""
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(var)
+    factor = gamma * torch.rsqrt(var + bn.eps)
+    bias = bias if bias is not None else torch.zeros_like(mean)
+    shape = [-1] + [1] * (weight.dim() - 1)
+    return weight * factor.reshape(shape), beta + (bias - mean) * factor

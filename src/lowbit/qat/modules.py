@@ -20,8 +20,8 @@ from lowbit.errors import CalibrationError, ConfigError
 from lowbit.formats import IntFormat
 from lowbit.kernels.reference import CONV_FN
 from lowbit.nn import QuantConv, QuantLinear
-from lowbit.nn.base import QuantizedWeight
-from lowbit.primitives import block_minmax, choose_qparams
+from lowbit.nn.base import QuantizedWeight, fake_quantize_dynamic
+from lowbit.primitives import choose_qparams
 from lowbit.qat.fake_quant import lsq_fake_quantize, lsq_grad_factor, pact_fake_quantize
 from lowbit.qat.weights import make_weight_quantizer
 
@@ -31,14 +31,22 @@ __all__ = ["QATLayer", "QATLinear", "QATConv"]
 class QATLayer(nn.Module):
     """Shared fake-quant machinery; subclasses give the float op and the integer class."""
 
-    def __init__(self, module: nn.Linear | nn.Conv1d | nn.Conv2d, scheme: QuantScheme, name: str):
+    def __init__(
+        self,
+        module: nn.Linear | nn.Conv1d | nn.Conv2d,
+        scheme: QuantScheme,
+        name: str,
+        quantizer_weight: torch.Tensor | None = None,
+    ):
+        """``quantizer_weight``: what the weight quantizer starts from (default: the weight)."""
         super().__init__()
         if scheme.mode is QuantMode.CAST:
             raise ConfigError(f"{name}: {scheme.name} is a cast; there is nothing to train for it")
         self.scheme, self.name = scheme, name
         self.weight = nn.Parameter(module.weight.detach().clone())
         self.bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone())
-        self.weight_quantizer = make_weight_quantizer(self.weight, scheme.weight)
+        start = self.weight if quantizer_weight is None else quantizer_weight
+        self.weight_quantizer = make_weight_quantizer(start.detach(), scheme.weight)
         self._static = scheme.mode is QuantMode.STATIC
         if self._static:
             self.input_scale = nn.Parameter(torch.ones(()))
@@ -67,10 +75,7 @@ class QATLayer(nn.Module):
             return lsq_fake_quantize(x, s, z, 0, 255, tuple(x.shape), 0.0)
         if mode is QuantMode.DYNAMIC:  # per-token or per-tensor steps from x itself, not learned
             x2 = x.reshape(-1, x.shape[-1]) if x.dim() > 1 else x
-            block = act.granularity_value.block_size(tuple(x2.shape))
-            lo, hi = block_minmax(x2.detach(), block)
-            s, z = choose_qparams(lo, hi, fmt, act.symmetric)
-            return lsq_fake_quantize(x2, s, z, fmt.qmin, fmt.qmax, block, 0.0).reshape(x.shape)
+            return fake_quantize_dynamic(x2, act).reshape(x.shape)
         if not bool(self.input_initialized):
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
             if distributed and not self.calibrating:
@@ -79,17 +84,13 @@ class QATLayer(nn.Module):
                     "calibration=... to lowbit.qat.prepare before wrapping the model in DDP, "
                     "so every replica starts from the same steps"
                 )
-            self._init_input_step(x, fmt)
+            self.set_input_range(*torch.aminmax(x.detach().float()))  # the first batch's
         s = self.input_scale.abs().clamp(min=1e-12)
         if bool(self.input_pact):
             return pact_fake_quantize(x, s, fmt.qmax - fmt.qmin)
         g = lsq_grad_factor(x[0].numel(), fmt.qmax)
         block = tuple(x.shape)  # one step for the whole tensor
         return lsq_fake_quantize(x, s, self.input_zero_point, fmt.qmin, fmt.qmax, block, g)
-
-    def _init_input_step(self, x: torch.Tensor, fmt: IntFormat) -> None:
-        """The first batch's min/max step, as post-training calibration would choose it."""
-        self.set_input_range(*torch.aminmax(x.detach().float()))
 
     @torch.no_grad()
     def set_input_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
@@ -156,8 +157,14 @@ class QATLinear(QATLayer):
 class QATConv(QATLayer):
     """``nn.Conv1d``/``nn.Conv2d`` under fake quantization; converts to :class:`QuantConv`."""
 
-    def __init__(self, conv: nn.Conv1d | nn.Conv2d, scheme: QuantScheme, name: str = "conv"):
-        super().__init__(conv, scheme, name)
+    def __init__(
+        self,
+        conv: nn.Conv1d | nn.Conv2d,
+        scheme: QuantScheme,
+        name: str = "conv",
+        quantizer_weight: torch.Tensor | None = None,
+    ):
+        super().__init__(conv, scheme, name, quantizer_weight)
         self.dims = conv.weight.dim() - 2
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups

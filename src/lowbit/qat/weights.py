@@ -19,11 +19,15 @@ from torch import nn
 
 from lowbit.config import TensorQuantSpec
 from lowbit.formats import CodebookFormat, GridFormat
-from lowbit.granularity import GranularityKind
 from lowbit.grids import nearest_level
 from lowbit.primitives import block_minmax, block_view, choose_qparams, expand_params, quantize
 from lowbit.qat.fake_quant import cast_ste, lsq_fake_quantize, lsq_grad_factor
-from lowbit.weight_quant import QuantizedWeight, dequantize_weight, quantize_weight
+from lowbit.weight_quant import (
+    QuantizedWeight,
+    codebook_groups,
+    dequantize_weight,
+    quantize_weight,
+)
 
 __all__ = ["LSQWeight", "GridWeight", "CodebookWeight", "make_weight_quantizer"]
 
@@ -94,40 +98,24 @@ class CodebookWeight(nn.Module):
         init = quantize_weight(weight.detach(), spec, "weight")  # k-means++ and Lloyd
         self.codebook = nn.Parameter(init.codebook.float())
 
-    def _groups(self, w2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, tuple]:
-        """Values as the codebook sees them (``[G, n]``) and the per-group scales, if any."""
-        gran = self.spec.granularity_value
-        if gran.kind is GranularityKind.PER_CHANNEL:
-            return w2d, None, ()
-        if gran.kind is GranularityKind.PER_TENSOR:
-            return w2d.reshape(1, -1), None, ()
-        block = gran.block_size(tuple(w2d.shape))
-        v = block_view(w2d.detach(), block)
-        scale = v.abs().amax(dim=(1, 3)).clamp(min=1e-12).to(torch.bfloat16)
-        return (
-            (w2d / expand_params(scale.float(), block).reshape(w2d.shape[0], -1)).reshape(1, -1),
-            scale,
-            block,
-        )
-
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         w2d = _rows(w)
-        groups, scale, block = self._groups(w2d)
+        groups, scale = codebook_groups(w2d.detach(), self.spec)
         book = cast_ste(self.codebook, torch.float16)  # stored in fp16
         with torch.no_grad():
-            codes = nearest_level(groups.detach(), book.detach())
+            codes = nearest_level(groups, book.detach())
         values = book.gather(1, codes) if book.shape[0] > 1 else book[0][codes]
-        if scale is not None:
-            values = values.reshape(w2d.shape) * expand_params(scale.float(), block).reshape(
-                w2d.shape[0], -1
+        if scale is not None:  # per-group scales over the shared codebook, as dequantize_weight
+            block = self.spec.granularity_value.block_size(tuple(w2d.shape))
+            values = block_view(values.reshape(w2d.shape), block) * expand_params(
+                scale.float(), block
             )
         values = values.reshape(w.shape)
         return values + (w - w.detach())  # gradient to the centroids and, straight through, to w
 
     @torch.no_grad()
     def quantized(self, w: torch.Tensor) -> QuantizedWeight:
-        w2d = _rows(w.detach())
-        groups, scale, _ = self._groups(w2d)
+        groups, scale = codebook_groups(_rows(w.detach()), self.spec)
         book = self.codebook.to(torch.float16)
         codes = nearest_level(groups, book.float())
         return QuantizedWeight(codes.reshape(w.shape).to(torch.uint8), scale, codebook=book)
