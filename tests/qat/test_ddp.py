@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import lowbit
@@ -25,3 +26,19 @@ def test_two_process_ddp_qat_run(tmp_path) -> None:
     assert report["accuracy"] > 0.9
     loaded = lowbit.load(tmp_path / "model", DigitsCNN())
     assert loaded(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_lazy_steps_under_torch_distributed_are_refused(tmp_path) -> None:
+    import torch.distributed as dist
+
+    from lowbit import qat
+    from lowbit.errors import CalibrationError
+
+    prepared = qat.prepare(torch.nn.Sequential(torch.nn.Linear(8, 4)), "W8A8")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        with pytest.raises(CalibrationError, match="calibration=...") as info:
+            prepared(torch.randn(2, 8))
+        assert "DDP" in str(info.value)
+    finally:
+        dist.destroy_process_group()
