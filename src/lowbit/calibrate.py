@@ -22,13 +22,20 @@ from lowbit.config import TensorQuantSpec
 from lowbit.errors import CalibrationError
 from lowbit.observers import Observer, make_observer, solve_range
 
-__all__ = ["iter_batches", "run_model", "collect_input_ranges"]
+__all__ = ["iter_batches", "run_model", "collect_input_ranges", "PreparedBatches"]
 
 log = logging.getLogger(__name__)
 
 
+class PreparedBatches(list):
+    """Calibration already turned into ``(args, kwargs)`` pairs (to pass over it many times)."""
+
+
 def iter_batches(calibration: Any) -> Iterator[tuple[tuple, dict]]:
     """Yield ``(args, kwargs)`` per calibration item; raise a clear error for anything else."""
+    if isinstance(calibration, PreparedBatches):
+        yield from calibration
+        return
     if calibration is None:
         raise CalibrationError(
             "this scheme calibrates activation ranges and needs calibration data: pass "

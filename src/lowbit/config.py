@@ -22,6 +22,7 @@ import yaml
 from lowbit.errors import ConfigError
 from lowbit.formats import CodebookFormat, FloatFormat, IntFormat, WeightFormat, get_format
 from lowbit.granularity import Granularity, GranularityKind
+from lowbit.ptq.options import PTQOptions, parse_algorithms
 from lowbit.ranges import RangeMethod
 
 __all__ = ["QuantMode", "TensorQuantSpec", "QuantScheme", "QuantConfig", "CONFIG_VERSION"]
@@ -180,6 +181,10 @@ class QuantConfig:
         exclude: glob patterns of module names to leave in float.
         overrides: ``(pattern, scheme)`` pairs; the first matching pattern wins over ``scheme``.
         fold_batchnorm: fold BatchNorm into the preceding convolution first.
+        algorithms: post-training algorithms applied in order (see :mod:`lowbit.ptq.options`):
+            ``()`` or ``("rtn",)`` rounds to nearest; e.g. ``("cle", "adaround",
+            "bias_correction")`` or ``("awq", "gptq")``.
+        ptq_options: their options (:class:`PTQOptions`).
     """
 
     scheme: QuantScheme
@@ -187,6 +192,8 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()
     overrides: tuple[tuple[str, QuantScheme], ...] = ()
     fold_batchnorm: bool = True
+    algorithms: tuple[str, ...] = ()
+    ptq_options: PTQOptions = PTQOptions()
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -208,6 +215,11 @@ class QuantConfig:
                 scheme = QuantScheme.from_dict(scheme)
             pairs.append((str(pattern), scheme))
         object.__setattr__(self, "overrides", tuple(pairs))
+        object.__setattr__(self, "algorithms", parse_algorithms(self.algorithms))
+        if isinstance(self.ptq_options, dict):
+            object.__setattr__(self, "ptq_options", _from_plain(PTQOptions, self.ptq_options))
+        if not isinstance(self.ptq_options, PTQOptions):
+            raise ConfigError(f"ptq_options must be a PTQOptions, got {type(self.ptq_options)}")
         if self.version > CONFIG_VERSION:
             raise ConfigError(
                 f"config version {self.version} is newer than this lowbit ({CONFIG_VERSION}); "

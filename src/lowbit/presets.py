@@ -1,5 +1,5 @@
 """Named schemes in industry shorthand: ``W8A8``, ``W8A8-dynamic``, ``W8A16``, ``W4A16-g128``,
-``W4A16``, ``W3A16-g128``, ``W2A16-g64``, ``W4A8``, ``NF4``, ``POT4``, ``KMEANS16``, ``KMEANS4``,
+``W4A16``, ``W3A16-g128``, ``W2A16-g64``, ``W4A8``, ``W3A8``, ``NF4``, ``POT4``, ``KMEANS16``, ``KMEANS4``,
 ``TERNARY``, ``BINARY``, ``FP16``, ``BF16``.
 
 ``W{w}A{a}``: weights of ``w`` bits, activations of ``a`` bits. ``A16`` means weight-only
@@ -63,6 +63,12 @@ PRESETS: dict[str, QuantScheme] = {
         name="W4A8",
         mode=QuantMode.STATIC,
         weight=TensorQuantSpec(format="int4", granularity="per_channel", symmetric=True),
+        activation=_A8_STATIC,
+    ),
+    "W3A8": QuantScheme(
+        name="W3A8",
+        mode=QuantMode.STATIC,
+        weight=TensorQuantSpec(format="int3", granularity="per_channel", symmetric=True),
         activation=_A8_STATIC,
     ),
     "W4A8-dynamic": QuantScheme(

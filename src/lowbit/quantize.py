@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +24,15 @@ from tqdm.auto import tqdm
 
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
-from lowbit.errors import ConfigError, InvalidModelError
+from lowbit.errors import CalibrationError, ConfigError, InvalidModelError
 from lowbit.granularity import GranularityKind
 from lowbit.nn import is_quantizable, layer_class, unsupported_reason
 from lowbit.nn.base import check_finite, static_input_qparams
 from lowbit.presets import get_preset
+from lowbit.ptq.capture import materialize
+from lowbit.ptq.options import PTQOptions, parse_algorithms
+from lowbit.ptq.rescale import equalize, smooth
+from lowbit.ptq.sequential import round_layers
 from lowbit.targeting import scheme_for
 from lowbit.transforms.bn_fold import _set, fold_batchnorm_
 
@@ -44,6 +49,7 @@ class QuantizationRecord:
     folded: list[dict[str, Any]] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    ptq: dict[str, Any] = field(default_factory=dict)
 
 
 def _as_scheme(value: str | QuantScheme) -> QuantScheme:
@@ -133,6 +139,8 @@ def quantize(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
     overrides: Mapping[str, str | QuantScheme | None] | None = None,
+    algorithm: str | Iterable[str] | None = None,
+    algorithm_options: PTQOptions | Mapping[str, Any] | None = None,
     inplace: bool = False,
     progress: bool | None = None,
 ) -> nn.Module:
@@ -146,11 +154,20 @@ def quantize(
         calibration: batches for static schemes (tensors, tuples of args, or dicts of kwargs).
         include / exclude: glob patterns of module names to quantize / keep in float.
         overrides: ``{pattern: scheme}`` per-layer schemes (mixed precision); ``None`` = float.
+        algorithm: post-training error correction, one name or a list applied in order:
+            ``"rtn"`` (default), ``"cle"``, ``"bias_correction"``, ``"adaround"``, ``"gptq"``,
+            ``"smoothquant"``, ``"awq"`` (see :mod:`lowbit.ptq`); all but ``rtn`` need
+            ``calibration``. Per-layer errors and timings land in ``model.lowbit_record.ptq``.
+        algorithm_options: :class:`lowbit.PTQOptions` (or a dict of its fields).
         inplace: modify ``model`` itself instead of a copy.
         progress: show progress bars for calibration and layer conversion (default: when
             attached to a terminal).
     """
     config = resolve_config(scheme, include, exclude, overrides)
+    if algorithm is not None:
+        config = config.replace(algorithms=parse_algorithms(algorithm))
+    if algorithm_options is not None:
+        config = config.replace(ptq_options=algorithm_options)
     _check_model(model)
     if not inplace:
         model = copy.deepcopy(model)
@@ -159,7 +176,13 @@ def quantize(
     if config.fold_batchnorm:
         record.folded = fold_batchnorm_(model)
     plan = _plan(model, config, record)
+    codes: dict[str, Any] = {}
+    if config.algorithms:
+        calibration = _need_batches(calibration, config.algorithms)
+        _rescale(model, plan, calibration, config, record)
     ranges = _calibrate(model, plan, calibration, progress)
+    if set(config.algorithms) & {"gptq", "adaround", "bias_correction"}:
+        codes = _round(model, plan, ranges, calibration, config, record, progress)
     done: dict[int, nn.Module] = {}  # a layer registered under several names is quantized once
     layers = tqdm(
         plan.items(),
@@ -180,7 +203,10 @@ def quantize(
                 log.warning("keeping %s in float: no calibration batch reached it", name)
                 continue
             qparams = static_input_qparams(layer_scheme.activation, *ranges[name])
-        qmodule = layer_class(module, layer_scheme).from_float(module, layer_scheme, qparams, name)
+        extra = {"qweight": codes[name]} if name in codes else {}
+        qmodule = layer_class(module, layer_scheme).from_float(
+            module, layer_scheme, qparams, name, **extra
+        )
         done[id(module)] = qmodule
         if name:
             _set(model, name, qmodule)
@@ -205,3 +231,51 @@ def _calibrate(
     if not targets:
         return {}
     return collect_input_ranges(model, targets, calibration, progress=progress)
+
+
+def _need_batches(calibration: Any, algorithms: tuple[str, ...]) -> Any:
+    if calibration is None:
+        raise CalibrationError(
+            f"algorithm {'+'.join(algorithms)} fits the quantized model to data: pass "
+            "calibration=[batch, ...] (a few hundred samples are usually enough)"
+        )
+    return materialize(calibration)
+
+
+def _rescale(model, plan, batches, config: QuantConfig, record: QuantizationRecord) -> None:
+    """CLE, SmoothQuant and AWQ on the float model (before ranges are calibrated)."""
+    record.ptq = {"algorithms": list(config.algorithms), "rescaled": [], "layers": {},
+                  "seconds": {}}  # fmt: skip
+    dense = {
+        n: m
+        for n, (m, _s) in plan.items()
+        if n and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+    }
+    linears = {n: m for n, m in dense.items() if isinstance(m, nn.Linear)}
+    schemes = {n: s for n, (_m, s) in plan.items()}
+    for name in config.algorithms:
+        start = time.perf_counter()
+        if name == "cle":
+            record.ptq["rescaled"] += equalize(model, dense, batches[0], config.ptq_options)
+        elif name in ("smoothquant", "awq"):
+            record.ptq["rescaled"] += smooth(model, linears, schemes, batches, name,
+                                             config.ptq_options)  # fmt: skip
+        else:
+            continue
+        record.ptq["seconds"][name] = round(time.perf_counter() - start, 3)
+
+
+def _round(model, plan, ranges, batches, config, record, progress) -> dict[str, Any]:
+    """GPTQ/AdaRound/RTN codes and bias correction, layer by layer."""
+    start = time.perf_counter()
+    qparams = {
+        n: static_input_qparams(s.activation, *ranges[n])
+        for n, (m, s) in plan.items()
+        if n in ranges and _needs_calibration(m, s)
+    }
+    codes, layers = round_layers(model, plan, qparams, batches, config.algorithms,
+                                 config.ptq_options, progress)  # fmt: skip
+    record.ptq["layers"] = layers
+    names = [a for a in config.algorithms if a in ("gptq", "adaround", "bias_correction")]
+    record.ptq["seconds"]["+".join(names)] = round(time.perf_counter() - start, 3)
+    return codes

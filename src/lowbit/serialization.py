@@ -95,6 +95,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "folded": record.folded if record else [],
             "layers": record.layers if record else {},
             "skipped": record.skipped if record else {},
+            "ptq": record.ptq if record else {},
             "aliases": aliases,
             "packed": packed,
             "tensors_sha256": _sha256(tmp_tensors),
@@ -235,5 +236,6 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
             folded=meta["folded"],
             layers=meta["layers"],
             skipped=meta["skipped"],
+            ptq=meta.get("ptq", {}),
         )
     return model

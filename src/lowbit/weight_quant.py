@@ -41,6 +41,7 @@ __all__ = [
     "quantize_weight",
     "dequantize_weight",
     "placeholder_weight",
+    "encode_weight",
     "codebook_groups",
     "check_finite",
 ]
@@ -150,6 +151,43 @@ def _codebook(w2d: torch.Tensor, fmt: CodebookFormat, spec: TensorQuantSpec) -> 
     book = centroids.to(torch.float16)
     codes = nearest_level(groups, book.float())  # against the stored (fp16) codebook
     return QuantizedWeight(codes.reshape(w2d.shape).to(torch.uint8), scale, codebook=book)
+
+
+def encode_weight(
+    weight: torch.Tensor, spec: TensorQuantSpec, params: QuantizedWeight
+) -> QuantizedWeight:
+    """Codes for ``weight`` against fixed ``params`` (their scale, zero point or codebook).
+
+    Rounds to the nearest code, also for ternary (GPTQ and AdaRound choose values on the grid
+    themselves; re-encoding such values gives back exactly their codes).
+
+    >>> spec = TensorQuantSpec("int4", "per_channel")
+    >>> qw = quantize_weight(torch.randn(4, 16), spec, "w")
+    >>> w = dequantize_weight(qw, spec)
+    >>> bool(torch.equal(encode_weight(w, spec, qw).qdata, qw.qdata))
+    True
+    """
+    w2d = weight.detach().float().reshape(weight.shape[0], -1)
+    fmt = spec.number_format
+    block = spec.granularity_value.block_size(tuple(w2d.shape))
+    if isinstance(fmt, CodebookFormat):
+        book = params.codebook.float()
+        v = w2d
+        if params.scale is not None:
+            v = (block_view(w2d, block) / expand_params(params.scale.float(), block)).reshape(
+                v.shape
+            )
+        codes = nearest_level(v.reshape(1, -1) if book.shape[0] == 1 else v, book)
+        q = codes.reshape(w2d.shape).to(torch.uint8)
+    elif isinstance(fmt, GridFormat):
+        v = block_view(w2d, block) / expand_params(params.scale.float(), block)
+        levels = torch.tensor(fmt.levels, dtype=torch.float32)
+        q = nearest_level(v, levels).reshape(w2d.shape).to(torch.uint8)
+    else:
+        q = quantize(w2d, params.scale.float(), params.zero_point, fmt, block)
+    return QuantizedWeight(
+        q.reshape(weight.shape), params.scale, params.zero_point, params.codebook
+    )
 
 
 def placeholder_weight(shape: tuple[int, ...], spec: TensorQuantSpec) -> QuantizedWeight:

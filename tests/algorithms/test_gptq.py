@@ -21,7 +21,7 @@ def _setup(seed=0, n=512, cols=64, rows=16):
 def _uniform(bits):
     fmt = IntFormat(bits, signed=False)
 
-    def fit(cols):
+    def fit(cols, _group=0):
         return choose_qparams(cols.amin(dim=1), cols.amax(dim=1), fmt, symmetric=False)
 
     def qdq(col, params):

@@ -13,15 +13,16 @@ from the paper and its reference code: dampening ``λ = percdamp · mean(diag H)
 parameters: ``fit`` is called on each group's columns as quantization reaches it (with
 ``act_order`` the groups are fixed up front from the original weight: "static groups").
 
-The quantizer is two callables, so any grid works: ``fit(W_cols) -> params`` and
+The quantizer is two callables, so any grid works: ``fit(W_cols, g) -> params`` for group ``g``
+(a fixed grid such as a k-means codebook can ignore ``W_cols``) and
 ``qdq(w_col, params) -> q_col`` (quantize-dequantize one column of ``r`` values).
 
 >>> _ = torch.manual_seed(0)
 >>> x, w = torch.randn(256, 32) @ torch.randn(32, 32), torch.randn(8, 32)
->>> fit = lambda cols: cols.abs().amax(dim=1).clamp(min=1e-8) / 7
+>>> fit = lambda cols, g: cols.abs().amax(dim=1).clamp(min=1e-8) / 7
 >>> qdq = lambda col, s: torch.clamp(torch.round(col / s), -8, 7) * s
 >>> q, _ = gptq(w, 2 * x.T @ x, fit, qdq)
->>> bool(((x @ (w - q).T) ** 2).sum() < ((x @ (w - qdq(w.T, fit(w)).T).T) ** 2).sum())
+>>> bool(((x @ (w - q).T) ** 2).sum() < ((x @ (w - qdq(w.T, fit(w, 0)).T).T) ** 2).sum())
 True
 """
 
@@ -44,7 +45,7 @@ def _inverse_hessian_cholesky(h: torch.Tensor, percdamp: float) -> torch.Tensor:
 def gptq(
     w: torch.Tensor,
     h: torch.Tensor,
-    fit: Callable[[torch.Tensor], object],
+    fit: Callable[[torch.Tensor, int], object],
     qdq: Callable[[torch.Tensor, object], torch.Tensor],
     *,
     group_size: int | None = None,
@@ -61,7 +62,7 @@ def gptq(
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     size = group_size or cols
-    groups = [fit(w[:, g : g + size].float()) for g in range(0, cols, size)]
+    groups = [fit(w[:, g : g + size].float(), g // size) for g in range(0, cols, size)]
     perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols)
     w, h = w[:, perm], h[perm][:, perm]
     u = _inverse_hessian_cholesky(h, percdamp)
@@ -72,7 +73,7 @@ def gptq(
         for i in range(b2 - b1):
             j = int(perm[b1 + i])  # the original column: its group
             if group_size and not act_order and j % size == 0:
-                groups[j // size] = fit(w1[:, i : i + size].float())  # params from updated W
+                groups[j // size] = fit(w1[:, i : i + size].float(), j // size)  # updated W
             col = w1[:, i]
             qc = qdq(col.float(), groups[j // size]).double()
             q[:, b1 + i] = qc

@@ -33,6 +33,7 @@ __all__ = [
     "fake_quantize_dynamic",
     "Int8Weight",
     "EXPANSION_MIN_SQNR_DB",
+    "INPUT_SCALE_ATTR",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 # add noise comparable to a 5-bit format's own error, so layers use another path (a 4-bit grid's
 # own error is about 20 dB).
 EXPANSION_MIN_SQNR_DB = 30.0
+
+# Attribute that SmoothQuant/AWQ leave on a float Linear when their scale cannot be folded into
+# the previous op: the layer's input is multiplied by it (QuantLinear keeps it as input_smooth).
+INPUT_SCALE_ATTR = "lowbit_input_smooth"
 
 
 class Int8Weight(NamedTuple):

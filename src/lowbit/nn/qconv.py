@@ -68,10 +68,13 @@ class QuantConv(QuantModule):
         scheme: QuantScheme,
         input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
         name: str = "conv",
+        qweight: QuantizedWeight | None = None,
     ) -> QuantConv:
+        """Quantize ``conv``'s weight (or take ``qweight``, codes chosen by GPTQ/AdaRound)."""
         if conv.bias is not None:
             check_finite(conv.bias, f"{name}.bias")
-        qweight = quantize_weight(conv.weight, scheme.weight, f"{name}.weight")
+        if qweight is None:
+            qweight = quantize_weight(conv.weight, scheme.weight, f"{name}.weight")
         return cls(conv, scheme, qweight, conv.bias, input_qparams)
 
     @classmethod

@@ -38,6 +38,7 @@ from lowbit.granularity import GranularityKind
 from lowbit.kernels import cpu
 from lowbit.nn.base import (
     EXPANSION_MIN_SQNR_DB,
+    INPUT_SCALE_ATTR,
     ActivationCodes,
     Int8Weight,
     QuantizedWeight,
@@ -67,10 +68,14 @@ class QuantLinear(QuantModule):
         qweight: QuantizedWeight,
         bias: torch.Tensor | None,
         input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
+        input_smooth: torch.Tensor | None = None,
     ):
         super().__init__()
         self.in_features, self.out_features, self.scheme = in_features, out_features, scheme
         self._register_tensors(qweight, bias, input_qparams)
+        # SmoothQuant/AWQ scales that could not be folded into the previous op: x * input_smooth
+        smooth = None if input_smooth is None else input_smooth.detach().float().reshape(-1)
+        self.register_buffer("input_smooth", smooth)
         self._prepare()
 
     @classmethod
@@ -80,23 +85,36 @@ class QuantLinear(QuantModule):
         scheme: QuantScheme,
         input_qparams: tuple[torch.Tensor, torch.Tensor] | None = None,
         name: str = "linear",
+        qweight: QuantizedWeight | None = None,
     ) -> QuantLinear:
-        """Quantize ``linear``'s weight; static schemes need ``input_qparams=(scale, zero_point)``."""
+        """Quantize ``linear``'s weight; static schemes need ``input_qparams=(scale, zero_point)``.
+
+        ``qweight``: codes chosen by a PTQ algorithm (GPTQ, AdaRound) instead of rounding here.
+        An unfused smoothing scale left on ``linear`` by SmoothQuant/AWQ is kept.
+        """
         if linear.bias is not None:
             check_finite(linear.bias, f"{name}.bias")
-        qweight = quantize_weight(linear.weight, scheme.weight, f"{name}.weight")
-        return cls(
-            linear.in_features, linear.out_features, scheme, qweight, linear.bias, input_qparams
-        )
+        if qweight is None:
+            qweight = quantize_weight(linear.weight, scheme.weight, f"{name}.weight")
+        smooth = getattr(linear, INPUT_SCALE_ATTR, None)
+        return cls(linear.in_features, linear.out_features, scheme, qweight, linear.bias,
+                   input_qparams, smooth)  # fmt: skip
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], float_module: nn.Linear) -> QuantLinear:
         """An empty shell shaped like ``float_module``, to be filled by ``load_state_dict``."""
         scheme = QuantScheme.from_dict(spec["scheme"])
         n, k = float_module.out_features, float_module.in_features
-        bias = None if float_module.bias is None else torch.zeros(n)
+        has_bias = spec.get("has_bias", float_module.bias is not None)
+        bias = torch.zeros(n) if has_bias else None
         qweight = placeholder_weight((n, k), scheme.weight)
-        return cls(k, n, scheme, qweight, bias, _placeholder_qparams(scheme))
+        smooth = torch.ones(k) if spec.get("input_smooth") else None
+        return cls(k, n, scheme, qweight, bias, _placeholder_qparams(scheme), smooth)
+
+    def layer_spec(self) -> dict[str, Any]:
+        # bias correction can give a bias-free layer a bias; smoothing adds an input scale
+        spec = {**super().layer_spec(), "has_bias": self.bias is not None}
+        return {**spec, "input_smooth": True} if self.input_smooth is not None else spec
 
     # -- kernel selection ------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -214,6 +232,8 @@ class QuantLinear(QuantModule):
                 f"got shape {list(shape)}"
             )
         x2 = x.reshape(-1, self.in_features)
+        if self.input_smooth is not None:
+            x2 = x2 * self.input_smooth
         if not self._fast:
             y = self._forward_reference(x2)
         elif self._w_bf16 is not None:

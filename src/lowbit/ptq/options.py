@@ -1,0 +1,89 @@
+"""The names of lowbit's post-training algorithms, their order, and their options.
+
+``rtn`` (round to nearest) is the default. The others, in the order a list may give them:
+
+* rescaling of the float model (exact in float, so quantization sees friendlier ranges):
+  ``cle`` (cross-layer equalization), ``smoothquant``, ``awq``;
+* rounding of each layer's weight, layer by layer on calibration data: ``gptq`` or ``adaround``
+  (one of them);
+* ``bias_correction``: after a layer's rounding is chosen, its output mean is restored.
+
+>>> parse_algorithms(["cle", "bias_correction", "adaround"])
+('cle', 'adaround', 'bias_correction')
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from lowbit.errors import ConfigError
+
+__all__ = ["ALGORITHMS", "RESCALERS", "ROUNDERS", "PTQOptions", "parse_algorithms"]
+
+RESCALERS = ("cle", "smoothquant", "awq")
+ROUNDERS = ("rtn", "gptq", "adaround")
+ALGORITHMS = RESCALERS + ROUNDERS + ("bias_correction",)
+
+
+@dataclass(frozen=True)
+class PTQOptions:
+    """Options of the PTQ algorithms (the papers' defaults unless noted).
+
+    Args:
+        max_rows: input rows (tokens or conv samples) kept per layer for AdaRound, AWQ and the
+            per-layer error records; more rows cost memory and time, not accuracy once enough.
+        adaround_iters / adaround_lr / adaround_lambda / adaround_batch: AdaRound's optimizer.
+        gptq_block_size / gptq_percdamp / gptq_act_order: GPTQ's lazy-batch width, dampening
+            (fraction of mean diag H) and column order.
+        smoothquant_alpha: SmoothQuant's migration strength α.
+        awq_grid: points of AWQ's α grid.
+        cle_sweeps: passes over the equalized pairs (chains of three or more layers need several).
+    """
+
+    max_rows: int = 4096
+    adaround_iters: int = 1000
+    adaround_lr: float = 1e-2
+    adaround_lambda: float = 1.0
+    adaround_batch: int = 256
+    gptq_block_size: int = 128
+    gptq_percdamp: float = 0.01
+    gptq_act_order: bool = True
+    smoothquant_alpha: float = 0.5
+    awq_grid: int = 20
+    cle_sweeps: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            raise ConfigError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
+        for name in ("max_rows", "adaround_iters", "adaround_batch", "gptq_block_size",
+                     "awq_grid", "cle_sweeps"):  # fmt: skip
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"PTQOptions.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def parse_algorithms(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """Validate a name or list of names; returns them in execution order (rescalers, rounding,
+    bias correction), without ``rtn`` (which is what happens when no rounding is named)."""
+    names = [value] if isinstance(value, str) else list(value or ())
+    for n in names:
+        if n not in ALGORITHMS:
+            close = difflib.get_close_matches(str(n), ALGORITHMS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown algorithm {n!r}{hint}; known: {', '.join(ALGORITHMS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"algorithm list {names} names an algorithm twice")
+    rounders = [n for n in names if n in ("gptq", "adaround")]
+    if len(rounders) > 1 or (rounders and "rtn" in names):
+        raise ConfigError(
+            f"{' and '.join(rounders + ['rtn'] * ('rtn' in names))} both choose how weights are "
+            "rounded; name one of rtn, gptq, adaround"
+        )
+    rescale = [n for n in names if n in RESCALERS]
+    if names[: len(rescale)] != rescale:
+        raise ConfigError(
+            f"in {names}, the rescaling steps ({', '.join(rescale)}) change the float weights "
+            "and must come first"
+        )
+    return tuple(rescale + rounders + ["bias_correction"] * ("bias_correction" in names))
