@@ -30,7 +30,8 @@ from lowbit.algorithms.awq import awq_search
 from lowbit.algorithms.cle import equalization_scales
 from lowbit.algorithms.smoothquant import smoothquant_scales
 from lowbit.nn.base import INPUT_SCALE_ATTR
-from lowbit.ptq.capture import Batch, execution_order, layer_inputs, run
+from lowbit.ptq.capture import Batch, execution_order, run
+from lowbit.ptq.feeder import Feeder
 from lowbit.ptq.options import PTQOptions
 from lowbit.weight_quant import dequantize_weight, quantize_weight
 
@@ -167,15 +168,24 @@ def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[str]]
     """``({producer: [consumers]}, [unfused consumers])`` from tensor identity, then verified."""
     out_keys: dict[tuple, str] = {}
     in_keys: dict[str, tuple] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if _is_norm(m) or isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(
-                lambda _m, _a, out, n=name: out_keys.setdefault(_key(out), n)
-                if isinstance(out, torch.Tensor) else None))  # fmt: skip
-    for name, m in layers.items():
-        handles.append(m.register_forward_pre_hook(
-            lambda _m, a, n=name: in_keys.setdefault(n, _key(a[0])) if a else None))  # fmt: skip
+
+    def on_output(_m, _args, out, name):  # hooks must return None (else they replace data)
+        if isinstance(out, torch.Tensor):
+            out_keys.setdefault(_key(out), name)
+
+    def on_input(_m, args, name):
+        if args and isinstance(args[0], torch.Tensor):
+            in_keys.setdefault(name, _key(args[0]))
+
+    handles = [
+        m.register_forward_hook(lambda m_, a, o, n=n: on_output(m_, a, o, n))
+        for n, m in model.named_modules()
+        if _is_norm(m) or isinstance(m, nn.Linear)
+    ]
+    handles += [
+        m.register_forward_pre_hook(lambda m_, a, n=n: on_input(m_, a, n))
+        for n, m in layers.items()
+    ]
     try:
         run(model, batch)
     finally:
@@ -254,6 +264,8 @@ def smooth(
     records = []
     if method == "smoothquant":
         absmax = _act_absmax(model, layers, batches)
+    else:
+        feeder = Feeder(model, layers, batches)
     for producer, consumers in units:
         consumers = [c for c in consumers if method == "awq" or c in absmax]
         if not consumers:
@@ -266,7 +278,9 @@ def smooth(
             s = smoothquant_scales(act, wmax, options.smoothquant_alpha)
             rec["alpha"] = options.smoothquant_alpha
         else:
-            s, rec = _awq_unit(model, mods, [schemes[c] for c in consumers], batches, options, rec)
+            s, rec = _awq_unit(
+                feeder, consumers[0], mods, [schemes[c] for c in consumers], options, rec
+            )
         if producer is not None:
             _fold(model, producer, consumers, s)
         else:
@@ -275,11 +289,13 @@ def smooth(
     return records
 
 
-def _awq_unit(model, mods, schemes, batches, options, rec):
+def _awq_unit(feeder, name, mods, schemes, options, rec):
     rows, kept = [], 0
-    for batch in batches:
-        x = layer_inputs(model, mods[:1], batch)[0]
-        if x is None or kept >= options.max_rows:
+    for i in range(len(feeder.batches)):
+        if kept >= options.max_rows:
+            break
+        x = feeder.inputs([name], i)[0]
+        if x is None:
             continue
         x = x.reshape(-1, x.shape[-1])[: options.max_rows - kept]
         rows.append(x.float())

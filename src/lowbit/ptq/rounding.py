@@ -29,7 +29,8 @@ from lowbit.algorithms.adaround import adaround
 from lowbit.algorithms.gptq import gptq
 from lowbit.config import TensorQuantSpec
 from lowbit.errors import ConfigError
-from lowbit.formats import CodebookFormat, IntFormat
+from lowbit.formats import CodebookFormat, GridFormat, IntFormat
+from lowbit.grids import nearest_level
 from lowbit.granularity import GranularityKind
 from lowbit.primitives import block_view, expand_params
 from lowbit.weight_quant import (
@@ -79,7 +80,18 @@ def gptq_weight(
         scale = cols.abs().amax(dim=1, keepdim=True).clamp(min=1e-12).to(torch.bfloat16)
         return QuantizedWeight(cols, scale, None, fixed.codebook)
 
+    fmt = spec.number_format
+    levels = torch.tensor(fmt.levels) if isinstance(fmt, GridFormat) else None
+
     def qdq(col: torch.Tensor, params: QuantizedWeight) -> torch.Tensor:
+        # called once per column: inline the common formats (same values as encode+dequantize)
+        if isinstance(fmt, IntFormat):
+            s = params.scale.float().reshape(-1)
+            z = 0.0 if params.zero_point is None else params.zero_point.float().reshape(-1)
+            return (torch.clamp(torch.round(col / s) + z, fmt.qmin, fmt.qmax) - z) * s
+        if levels is not None:
+            s = params.scale.float().reshape(-1)
+            return levels[nearest_level(col / s, levels)] * s
         q = encode_weight(col[:, None], col_spec, params)
         return dequantize_weight(q, col_spec)[:, 0]
 

@@ -32,7 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.algorithms.bias_correction import bias_correction
-from lowbit.ptq.capture import Batch, layer_inputs, stages
+from lowbit.ptq.capture import Batch, stages
+from lowbit.ptq.feeder import Feeder
 from lowbit.ptq.layer_ops import channel_mean, input_quantizer, layer_op, matmul_rows, supports_rows
 from lowbit.ptq.options import PTQOptions
 from lowbit.ptq.rounding import adaround_weight, check_adaround, gptq_weight
@@ -65,8 +66,8 @@ class _Inputs:
         xq = self._split(self.quant_in(x.float()))
         xf = None if x_float is None else self._split(x_float.float())
         if self.h is not None:
-            rows = matmul_rows(self.module, xq).double()
-            self.h = self.h + 2 * rows.T @ rows
+            rows = matmul_rows(self.module, xq)
+            self.h = self.h + 2 * (rows.T @ rows).double()  # fp32 GEMM, fp64 running sum
         if xf is not None:
             self.sum_f = xf.sum(0) if self.sum_f is None else self.sum_f + xf.sum(0)
             self.sum_q = xq.sum(0) if self.sum_q is None else self.sum_q + xq.sum(0)
@@ -163,13 +164,17 @@ def round_layers(
         for n, (_m, s) in layers.items():
             check_adaround(s.weight, f"layer {n!r}")
     reference = copy.deepcopy(model) if rounding == "adaround" or correct else None
-    order = stages(model, {n: m for n, (m, _s) in layers.items()}, batches[0])
+    modules = {n: m for n, (m, _s) in layers.items()}
+    order = stages(model, modules, batches[0])
+    feeder = Feeder(model, modules, batches)
+    ref_feeder = None
+    if reference is not None:
+        ref_feeder = Feeder(reference, {n: reference.get_submodule(n) for n in modules}, batches)
     codes, records, handles = {}, {}, []
     try:
         bar = tqdm(order, desc=f"PTQ ({'+'.join(algorithms)})", unit="stage", leave=False,
                    disable=(not progress) if progress is not None else None)  # fmt: skip
         for stage in bar:
-            mods = [layers[n][0] for n in stage]
             gathered = {
                 n: _Inputs(
                     layers[n][0],
@@ -179,14 +184,9 @@ def round_layers(
                 )  # fmt: skip
                 for n in stage
             }
-            ref_mods = None if reference is None else [reference.get_submodule(n) for n in stage]
-            for batch in batches:
-                xs = layer_inputs(model, mods, batch)
-                xfs = (
-                    [None] * len(xs)
-                    if ref_mods is None
-                    else layer_inputs(reference, ref_mods, batch)
-                )
+            for i in range(len(batches)):
+                xs = feeder.inputs(stage, i)
+                xfs = [None] * len(xs) if ref_feeder is None else ref_feeder.inputs(stage, i)
                 for n, x, xf in zip(stage, xs, xfs, strict=True):
                     if x is not None:
                         gathered[n].update(x, xf)
