@@ -30,8 +30,8 @@ from lowbit.algorithms.gptq import gptq
 from lowbit.config import TensorQuantSpec
 from lowbit.errors import ConfigError
 from lowbit.formats import CodebookFormat, GridFormat, IntFormat
-from lowbit.grids import nearest_level
 from lowbit.granularity import GranularityKind
+from lowbit.grids import nearest_level
 from lowbit.primitives import block_view, expand_params
 from lowbit.weight_quant import (
     QuantizedWeight,
