@@ -47,6 +47,20 @@ def test_quantize_command_writes_a_loadable_artifact(project, weights, capsys):
     assert "QuantLinear W8A8" in capsys.readouterr().out
 
 
+def test_quantize_command_runs_ptq_algorithms(project, capsys):
+    root, _model = project
+    out = root / "gptq"
+    rc = main([
+        "quantize", f"{root / 'net.py'}:make", "--weights", str(root / "w.safetensors"),
+        "--calib", str(root / "calib.safetensors"), "--scheme", "W4A16",
+        "--algorithm", "awq", "gptq", "--out", str(out),
+    ])  # fmt: skip
+    assert rc == 0
+    loaded = lowbit.load(out, load_factory(f"{root / 'net.py'}:make")())
+    assert loaded.lowbit_record.ptq["algorithms"] == ["awq", "gptq"]
+    assert set(loaded.lowbit_record.ptq["layers"]) == {"0", "2"}
+
+
 def test_quantize_command_reports_bad_input_clearly(project, capsys):
     root, _ = project
     rc = main(["quantize", f"{root / 'net.py'}:make", "--scheme", "W8A9", "--out", str(root / "o")])

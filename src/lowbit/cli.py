@@ -28,6 +28,7 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import LowbitError
+from lowbit.ptq import ALGORITHMS
 from lowbit.tasks import TASKS
 
 __all__ = ["main", "load_factory", "load_tensor_file"]
@@ -122,7 +123,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         data = _single_tensor(load_tensor_file(args.calib), args.calib)
         calibration = list(data.float().split(args.batch_size))
     qmodel = lowbit.quantize(
-        model, args.scheme, calibration=calibration, exclude=args.exclude or None, progress=True
+        model,
+        args.scheme,
+        calibration=calibration,
+        exclude=args.exclude or None,
+        algorithm=args.algorithm,
+        progress=True,
     )
     out = lowbit.save(qmodel, args.out)
     size, float_size = lowbit.artifact_size(out), lowbit.model_size(model)
@@ -168,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", help="calibration inputs [N, ...] (.safetensors, .npy or .pt)")
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--exclude", action="append", help="module-name glob to keep in float")
+    q.add_argument(
+        "--algorithm",
+        nargs="+",
+        choices=ALGORITHMS,
+        help="PTQ error correction applied in order, e.g. --algorithm cle adaround (needs --calib)",
+    )
     q.add_argument("--out", required=True, help="output artifact directory")
     q.set_defaults(func=_cmd_quantize)
     info = sub.add_parser("info", help="describe a saved artifact")
