@@ -19,6 +19,7 @@ from lowbit.errors import (
     UnsupportedLayerError,
 )
 from lowbit.presets import PRESETS, get_preset, preset_names
+from lowbit.ptq import ALGORITHMS, PTQOptions
 from lowbit.quantize import QuantizationRecord, quantize
 from lowbit.serialization import artifact_size, load, model_size, save
 
@@ -38,6 +39,8 @@ __all__ = [
     "QuantMode",
     "TensorQuantSpec",
     "QuantizationRecord",
+    "PTQOptions",
+    "ALGORITHMS",
     "LowbitError",
     "ConfigError",
     "UnknownPresetError",

@@ -162,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train, quantize and measure two small CNNs")
     demo.add_argument("--tasks", nargs="+", default=["digits", "mnist1d"], choices=sorted(TASKS))
-    demo.add_argument("--schemes", nargs="+", help="presets to compare (default: all of them)")
+    demo.add_argument(
+        "--schemes",
+        nargs="+",
+        help="presets to compare, or PRESET+ALGORITHM variants such as W4A8+adaround (default: all)",
+    )
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (task default)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)

@@ -35,11 +35,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# 16 down to 1 bit: casts, int8, uniform 4/3/2-bit, non-uniform grids, codebooks, ternary, binary.
+# 16 down to 1 bit: casts, int8, uniform 4/3/2-bit, non-uniform grids, codebooks, ternary, binary;
+# then PTQ algorithms on top of the low-bit presets.
 DEMO_SCHEMES = (
     "FP16", "BF16", "W8A16", "W8A8", "W8A8-dynamic",
     "W4A16", "W4A16-g128", "W4A8", "NF4", "POT4", "KMEANS16",
     "W3A16-g128", "W2A16-g64", "KMEANS4", "TERNARY", "BINARY",
+    # post-training error correction (issue 5): "PRESET+algorithm+..." variants
+    "W4A8+cle+bias_correction", "W4A8+adaround", "W3A8", "W3A8+cle+bias_correction",
+    "W3A8+adaround", "W4A16+gptq", "W2A16-g64+gptq",
 )  # fmt: skip
 
 
@@ -61,7 +65,9 @@ def run_task(
     float_row = _row(task_name, "float32", model, split, float_latency, float_latency)
     rows = [float_row]
     for scheme in tqdm(schemes, desc=f"{task_name}: schemes", leave=False):
-        qmodel = lowbit.quantize(model, scheme, calibration=calibration, progress=False)
+        preset, *algorithms = scheme.split("+")
+        qmodel = lowbit.quantize(model, preset, calibration=calibration,
+                                 algorithm=algorithms or None, progress=False)  # fmt: skip
         latency = measure_latency(lambda qm=qmodel: qm(batch), min_time_s=0.5)
         rows.append(_row(task_name, scheme, qmodel, split, latency, float_latency))
     for row in rows:
