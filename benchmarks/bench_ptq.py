@@ -61,6 +61,8 @@ def run_cnn(seeds: int, schemes=("W4A8", "W3A8")) -> list[dict]:
                                         progress=False)  # fmt: skip
                     secs.setdefault((scheme, label), []).append(time.perf_counter() - start)
                     acc.setdefault((scheme, label), []).append(_accuracy(q, split))
+                    print(task_name, seed, scheme, label, acc[(scheme, label)][-1],
+                          f"{secs[(scheme, label)][-1]:.1f}s", flush=True)  # fmt: skip
         f = statistics.mean(floats)
         for scheme in schemes:
             rtn_loss = f - statistics.mean(acc[(scheme, "RTN")])
@@ -91,7 +93,7 @@ def run_minilm(n_eval=320, n_calib=128) -> list[dict]:
         ref = torch.cat([sentence_embeddings(model, b) for b in batches])
     runs = [(s, label, algo) for s in ("W4A16-g128", "W4A16", "W3A16-g128")
             for label, algo in MINILM_METHODS.items()]  # fmt: skip
-    runs += [("W8A8", "RTN", None), ("W8A8", "SmoothQuant a=0.5", ["smoothquant"])]
+    runs += [("W8A8", "RTN", None), ("W8A8", "SmoothQuant (alpha searched)", ["smoothquant"])]
     rows = []
     for scheme, label, algo in runs:
         start = time.perf_counter()
@@ -101,6 +103,7 @@ def run_minilm(n_eval=320, n_calib=128) -> list[dict]:
             cos = cosine_similarity(torch.cat([sentence_embeddings(q, b) for b in batches]), ref)
         rows.append({"scheme": scheme, "method": label, "cos mean": f"{cos.mean():.4f}",
                      "cos min": f"{cos.min():.4f}", "quantize s": f"{seconds:.1f}"})  # fmt: skip
+        print(rows[-1], flush=True)  # progress: the table comes at the end
     return rows
 
 

@@ -36,3 +36,20 @@ def test_awq_search_never_loses_to_alpha_zero_and_helps_with_outlier_channels():
     assert losses[alpha] == min(losses.values()) and alpha > 0
     assert losses[alpha] < 0.9 * losses[0.0]
     assert s.shape == (64,)
+
+
+def test_smoothquant_search_picks_an_alpha_that_beats_no_smoothing_on_outliers():
+    from lowbit.algorithms.smoothquant import smoothquant_search
+
+    torch.manual_seed(0)
+    x = torch.randn(512, 32) * torch.where(torch.arange(32) < 2, 50.0, 1.0)  # outlier channels
+    w = torch.randn(16, 32)
+
+    def qdq(t, axis):  # int8 absmax, per row of w (axis 1) or per tensor for x (axis None)
+        s = (t.abs().amax(1, keepdim=True) if axis else t.abs().max()) / 127
+        return torch.round(t / s) * s
+
+    s, alpha, losses = smoothquant_search(w, x, lambda t: qdq(t, 1), lambda t: qdq(t, None))
+    assert alpha is not None and losses[alpha] == min(losses.values())
+    assert losses[alpha] < 0.5 * losses[None]
+    assert float(s[:2].min()) > float(s[2:].max())  # outlier channels are scaled down the most

@@ -37,8 +37,12 @@ class PTQOptions:
         adaround_iters / adaround_lr / adaround_lambda / adaround_batch: AdaRound's optimizer.
         gptq_block_size / gptq_percdamp / gptq_act_order: GPTQ's lazy-batch width, dampening
             (fraction of mean diag H) and column order.
-        smoothquant_alpha: SmoothQuant's migration strength α.
+        smoothquant_alpha: SmoothQuant's migration strength α; None (the default) searches
+            α ∈ {0.3, ..., 0.9} per layer on its quantized output error (and keeps the layer
+            unsmoothed when no α helps); 0.5 is the paper's default for OPT/BLOOM.
         awq_grid: points of AWQ's α grid.
+        search_rows: input rows (tokens) that AWQ's and SmoothQuant's α searches are scored on;
+            each grid point costs one matmul of this many rows per layer.
         cle_sweeps: passes over the equalized pairs (chains of three or more layers need several).
     """
 
@@ -50,15 +54,16 @@ class PTQOptions:
     gptq_block_size: int = 128
     gptq_percdamp: float = 0.01
     gptq_act_order: bool = True
-    smoothquant_alpha: float = 0.5
+    smoothquant_alpha: float | None = None
     awq_grid: int = 20
+    search_rows: int = 1024
     cle_sweeps: int = 20
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+        if self.smoothquant_alpha is not None and not 0.0 <= self.smoothquant_alpha <= 1.0:
             raise ConfigError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
         for name in ("max_rows", "adaround_iters", "adaround_batch", "gptq_block_size",
-                     "awq_grid", "cle_sweeps"):  # fmt: skip
+                     "awq_grid", "search_rows", "cle_sweeps"):  # fmt: skip
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"PTQOptions.{name} must be >= 1, got {getattr(self, name)}")
 

@@ -28,8 +28,8 @@ from torch import nn
 
 from lowbit.algorithms.awq import awq_search
 from lowbit.algorithms.cle import equalization_scales
-from lowbit.algorithms.smoothquant import smoothquant_scales
-from lowbit.nn.base import INPUT_SCALE_ATTR
+from lowbit.algorithms.smoothquant import smoothquant_scales, smoothquant_search
+from lowbit.nn.base import INPUT_SCALE_ATTR, fake_quantize_dynamic
 from lowbit.ptq.capture import Batch, execution_order, run
 from lowbit.ptq.feeder import Feeder
 from lowbit.ptq.options import PTQOptions
@@ -166,16 +166,18 @@ def _is_norm(m: nn.Module) -> bool:
 
 def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[str]]:
     """``({producer: [consumers]}, [unfused consumers])`` from tensor identity, then verified."""
+    # A freed tensor's memory is reused, so an address names the *latest* output written there:
+    # producers overwrite, and each consumer resolves its producer at the moment it reads.
     out_keys: dict[tuple, str] = {}
-    in_keys: dict[str, tuple] = {}
+    source: dict[str, str | None] = {}
 
     def on_output(_m, _args, out, name):  # hooks must return None (else they replace data)
         if isinstance(out, torch.Tensor):
-            out_keys.setdefault(_key(out), name)
+            out_keys[_key(out)] = name
 
     def on_input(_m, args, name):
-        if args and isinstance(args[0], torch.Tensor):
-            in_keys.setdefault(name, _key(args[0]))
+        if name not in source and args and isinstance(args[0], torch.Tensor):
+            source[name] = out_keys.get(_key(args[0]))
 
     handles = [
         m.register_forward_hook(lambda m_, a, o, n=n: on_output(m_, a, o, n))
@@ -193,7 +195,7 @@ def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[str]]
             h.remove()
     groups: dict[str, list[str]] = {}
     for name in layers:
-        producer = out_keys.get(in_keys.get(name))
+        producer = source.get(name)
         if producer is not None and producer != name:
             groups.setdefault(producer, []).append(name)
     folds, unfused = {}, [n for n in layers if not any(n in g for g in groups.values())]
@@ -262,10 +264,9 @@ def smooth(
     ``layers``; folded where exact, else kept per layer. Returns one record per scaled unit."""
     units = _units(model, layers, batches[0])
     records = []
+    feeder = Feeder(model, layers, batches)
     if method == "smoothquant":
         absmax = _act_absmax(model, layers, batches)
-    else:
-        feeder = Feeder(model, layers, batches)
     for producer, consumers in units:
         consumers = [c for c in consumers if method == "awq" or c in absmax]
         if not consumers:
@@ -275,12 +276,19 @@ def smooth(
         if method == "smoothquant":
             act = torch.stack([absmax[c] for c in consumers]).amax(dim=0)
             wmax = torch.stack([m.weight.detach().abs().amax(dim=0) for m in mods]).amax(dim=0)
-            s = smoothquant_scales(act, wmax, options.smoothquant_alpha)
-            rec["alpha"] = options.smoothquant_alpha
+            if options.smoothquant_alpha is not None:
+                s = smoothquant_scales(act, wmax, options.smoothquant_alpha)
+                rec["alpha"] = options.smoothquant_alpha
+            else:
+                s, rec = _smoothquant_unit(feeder, consumers[0], mods,
+                                           [schemes[c] for c in consumers], act, options, rec)  # fmt: skip
         else:
             s, rec = _awq_unit(
                 feeder, consumers[0], mods, [schemes[c] for c in consumers], options, rec
             )
+        if method == "smoothquant" and rec["alpha"] is None:
+            records.append(rec)  # no α beat the unsmoothed layer on its calibration rows
+            continue
         if producer is not None:
             _fold(model, producer, consumers, s)
         else:
@@ -289,26 +297,47 @@ def smooth(
     return records
 
 
-def _awq_unit(feeder, name, mods, schemes, options, rec):
+def _rows(feeder: Feeder, name: str, limit: int) -> torch.Tensor | None:
+    """Up to ``limit`` input rows of layer ``name`` (first batches first)."""
     rows, kept = [], 0
     for i in range(len(feeder.batches)):
-        if kept >= options.max_rows:
+        if kept >= limit:
             break
         x = feeder.inputs([name], i)[0]
-        if x is None:
-            continue
-        x = x.reshape(-1, x.shape[-1])[: options.max_rows - kept]
-        rows.append(x.float())
-        kept += x.shape[0]
-    if not rows:
-        return torch.ones(mods[0].in_features), {**rec, "alpha": 0.0, "note": "no input reached"}
+        if x is not None:
+            rows.append(x.reshape(-1, x.shape[-1])[: limit - kept].float())
+            kept += rows[-1].shape[0]
+    return torch.cat(rows) if rows else None
+
+
+def _weight_qdq(mods, schemes) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Quantize-dequantize the stacked weights of ``mods``, each slice with its own scheme."""
     sizes = [m.out_features for m in mods]
 
     def qdq(w: torch.Tensor) -> torch.Tensor:
         parts = torch.split(w, sizes)
-        return torch.cat([dequantize_weight(quantize_weight(p, sc.weight, "awq"), sc.weight)
+        return torch.cat([dequantize_weight(quantize_weight(p, sc.weight, "w"), sc.weight)
                           for p, sc in zip(parts, schemes, strict=True)])  # fmt: skip
 
+    return qdq
+
+
+def _awq_unit(feeder, name, mods, schemes, options, rec):
+    x = _rows(feeder, name, options.search_rows)
+    if x is None:
+        return torch.ones(mods[0].in_features), {**rec, "alpha": 0.0, "note": "no input reached"}
     w = torch.cat([m.weight.detach().float() for m in mods])
-    s, alpha, losses = awq_search(w, torch.cat(rows), qdq, options.awq_grid)
+    s, alpha, losses = awq_search(w, x, _weight_qdq(mods, schemes), options.awq_grid)
     return s, {**rec, "alpha": alpha, "loss_rtn": losses[0.0], "loss": losses[alpha]}
+
+
+def _smoothquant_unit(feeder, name, mods, schemes, act_absmax, options, rec):
+    x = _rows(feeder, name, options.search_rows)
+    if x is None:
+        return torch.ones(mods[0].in_features), {**rec, "alpha": None, "note": "no input reached"}
+    spec = schemes[0].activation
+    qdq_x = (lambda t: t) if spec is None else (lambda t: fake_quantize_dynamic(t, spec))
+    w = torch.cat([m.weight.detach().float() for m in mods])
+    s, alpha, losses = smoothquant_search(w, x, _weight_qdq(mods, schemes), qdq_x,
+                                          act_absmax=act_absmax)  # fmt: skip
+    return s, {**rec, "alpha": alpha, "loss_unsmoothed": losses[None], "loss": losses[alpha]}
