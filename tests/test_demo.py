@@ -72,3 +72,11 @@ def test_every_demo_scheme_at_8_bits_and_more_keeps_accuracy_within_half_a_point
     for row in rows:
         if row["variant"] in ("FP16", "BF16", "W8A16", "W8A8", "W8A8-dynamic"):
             assert abs(row["accuracy %"] - floats[row["task"]]) <= 0.5, row
+
+
+def test_demo_variants_run_ptq_algorithms():
+    rows = run_task("digits", schemes=("W3A8", "W3A8+cle+bias_correction", "W4A16+gptq"))
+    by_name = {r["variant"]: r for r in rows}
+    assert set(by_name) == {"float32", "W3A8", "W3A8+cle+bias_correction", "W4A16+gptq"}
+    assert by_name["W4A16+gptq"]["accuracy %"] > 95
+    assert "W3A8+adaround" in DEMO_SCHEMES and "W4A8+cle+bias_correction" in DEMO_SCHEMES

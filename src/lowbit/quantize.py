@@ -32,6 +32,7 @@ from lowbit.presets import get_preset
 from lowbit.ptq.capture import materialize
 from lowbit.ptq.options import PTQOptions, parse_algorithms
 from lowbit.ptq.rescale import equalize, smooth
+from lowbit.ptq.rounding import check_adaround
 from lowbit.ptq.sequential import round_layers
 from lowbit.targeting import scheme_for
 from lowbit.transforms.bn_fold import _set, fold_batchnorm_
@@ -154,7 +155,8 @@ def quantize(
         calibration: batches for static schemes (tensors, tuples of args, or dicts of kwargs).
         include / exclude: glob patterns of module names to quantize / keep in float.
         overrides: ``{pattern: scheme}`` per-layer schemes (mixed precision); ``None`` = float.
-        algorithm: post-training error correction, one name or a list applied in order:
+        algorithm: post-training error correction, one name or a list (run as: rescaling,
+            then rounding, then bias correction, whatever the list's order):
             ``"rtn"`` (default), ``"cle"``, ``"bias_correction"``, ``"adaround"``, ``"gptq"``,
             ``"smoothquant"``, ``"awq"`` (see :mod:`lowbit.ptq`); all but ``rtn`` need
             ``calibration``. Per-layer errors and timings land in ``model.lowbit_record.ptq``.
@@ -178,6 +180,7 @@ def quantize(
     plan = _plan(model, config, record)
     codes: dict[str, Any] = {}
     if config.algorithms:
+        _check_algorithms(plan, config.algorithms)
         calibration = _need_batches(calibration, config.algorithms)
         _rescale(model, plan, calibration, config, record)
     ranges = _calibrate(model, plan, calibration, progress)
@@ -242,15 +245,28 @@ def _need_batches(calibration: Any, algorithms: tuple[str, ...]) -> Any:
     return materialize(calibration)
 
 
+def _integer_layers(plan: dict[str, Any]) -> dict[str, Any]:
+    """The Linear/Conv layers the algorithms work on: integer weights (FP16/BF16 casts have no
+    rounding to correct)."""
+    return {
+        n: (m, s)
+        for n, (m, s) in plan.items()
+        if n and s.weight is not None and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
+    }
+
+
+def _check_algorithms(plan: dict[str, Any], algorithms: tuple[str, ...]) -> None:
+    """Refuse impossible combinations before any work is done."""
+    if "adaround" in algorithms:
+        for n, (_m, s) in _integer_layers(plan).items():
+            check_adaround(s.weight, f"layer {n!r}")
+
+
 def _rescale(model, plan, batches, config: QuantConfig, record: QuantizationRecord) -> None:
     """CLE, SmoothQuant and AWQ on the float model (before ranges are calibrated)."""
     record.ptq = {"algorithms": list(config.algorithms), "rescaled": [], "layers": {},
                   "seconds": {}}  # fmt: skip
-    dense = {
-        n: m
-        for n, (m, _s) in plan.items()
-        if n and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
-    }
+    dense = {n: m for n, (m, _s) in _integer_layers(plan).items()}
     linears = {n: m for n, m in dense.items() if isinstance(m, nn.Linear)}
     schemes = {n: s for n, (_m, s) in plan.items()}
     for name in config.algorithms:
@@ -273,7 +289,7 @@ def _round(model, plan, ranges, batches, config, record, progress) -> dict[str, 
         for n, (m, s) in plan.items()
         if n in ranges and _needs_calibration(m, s)
     }
-    codes, layers = round_layers(model, plan, qparams, batches, config.algorithms,
+    codes, layers = round_layers(model, _integer_layers(plan), qparams, batches, config.algorithms,
                                  config.ptq_options, progress)  # fmt: skip
     record.ptq["layers"] = layers
     names = [a for a in config.algorithms if a in ("gptq", "adaround", "bias_correction")]

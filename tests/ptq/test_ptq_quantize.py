@@ -233,3 +233,54 @@ def test_algorithms_live_in_the_config_and_round_trip_through_json():
     assert q.lowbit_record.ptq["algorithms"] == ["cle", "bias_correction"]
     with pytest.raises(ConfigError, match="adaround_iters"):
         QuantConfig(lowbit.get_preset("W4A8"), ptq_options={"adaround_iters": 0})
+
+
+class Heads(nn.Module):
+    """A trunk and parallel heads in a ModuleList: not a chain of blocks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Linear(16, 32)
+        self.heads = nn.ModuleList([nn.Linear(32, 10), nn.Linear(32, 3)])
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return torch.cat([head(h) for head in self.heads], dim=-1)
+
+
+def test_parallel_heads_in_a_module_list_fall_back_to_whole_model_passes():
+    model = Heads().eval()
+    q = lowbit.quantize(model, "W4A16", calibration=_calib((16, 16)), algorithm="gptq")
+    assert set(q.lowbit_record.ptq["layers"]) == {"trunk", "heads.0", "heads.1"}
+
+
+def test_cast_layers_in_a_mixed_config_are_left_to_the_cast():
+    model, x = Tiny().eval(), torch.randn(2, 16, 32)
+    q = lowbit.quantize(model, "W4A16", calibration=_calib((4, 16, 32)), algorithm="gptq",
+                        overrides={"head": "BF16"})  # fmt: skip
+    assert "head" not in q.lowbit_record.ptq["layers"]
+    assert _rel(q(x), model(x)) < 0.05
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 50, bias=False)
+        self.out.weight = self.emb.weight  # tied, as in language models
+
+    def forward(self, ids):
+        return self.out(torch.relu(self.mix(self.emb(ids))))
+
+
+def test_smoothing_and_rounding_never_change_a_tied_embedding():
+    model = Tied().eval()
+    emb_before = model.emb.weight.detach().clone()
+    cal = [torch.randint(0, 50, (4, 8)) for _ in range(3)]
+    q = lowbit.quantize(model, "W4A16", calibration=cal, algorithm=["awq", "gptq"],
+                        exclude=["emb"])  # fmt: skip
+    assert torch.equal(q.emb.weight, emb_before)
+    assert torch.equal(model.emb.weight, emb_before)  # the user's model is untouched too

@@ -97,11 +97,13 @@ def execution_order(
     (storage address and shape) is equal for layers that read the very same tensor."""
     order: list[tuple[str, tuple[int, tuple[int, ...]]]] = []
     seen: set[str] = set()
+    alive: list[torch.Tensor] = []  # no freed input's memory may be reused (equal keys = same data)
 
     def hook_for(name: str):
         def hook(_module: nn.Module, args: tuple) -> None:
             if name not in seen and args and isinstance(args[0], torch.Tensor):
                 seen.add(name)
+                alive.append(args[0])
                 order.append((name, (args[0].data_ptr(), tuple(args[0].shape))))
 
         return hook

@@ -99,10 +99,13 @@ class Feeder:
         if start is None or not seen:
             return False
         args, kwargs = start
-        with torch.no_grad():
-            for block in self.blocks:
-                out = _hidden(block(*args, **kwargs))
-                args, kwargs = _next_inputs(args, kwargs, out)
+        try:
+            with torch.no_grad():
+                for block in self.blocks:
+                    out = _hidden(block(*args, **kwargs))
+                    args, kwargs = _next_inputs(args, kwargs, out)
+        except (TypeError, RuntimeError, ValueError, IndexError):
+            return False  # not a chain (parallel heads...): whole-model passes work for any model
         ref = seen[0]
         return (
             isinstance(out, torch.Tensor)

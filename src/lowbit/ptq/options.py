@@ -29,10 +29,11 @@ ALGORITHMS = RESCALERS + ROUNDERS + ("bias_correction",)
 
 @dataclass(frozen=True)
 class PTQOptions:
-    """Options of the PTQ algorithms (the papers' defaults unless noted).
+    """Options of the PTQ algorithms (the papers' defaults unless noted; GPTQ's act-order is on,
+    as in its authors' later recommendations and llm-compressor, with static groups).
 
     Args:
-        max_rows: input rows (tokens or conv samples) kept per layer for AdaRound, AWQ and the
+        max_rows: input rows (tokens or conv samples) kept per layer for AdaRound and the
             per-layer error records; more rows cost memory and time, not accuracy once enough.
         adaround_iters / adaround_lr / adaround_lambda / adaround_batch: AdaRound's optimizer.
         gptq_block_size / gptq_percdamp / gptq_act_order: GPTQ's lazy-batch width, dampening

@@ -171,8 +171,11 @@ def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[str]]
     out_keys: dict[tuple, str] = {}
     source: dict[str, str | None] = {}
 
+    alive: list[torch.Tensor] = []
+
     def on_output(_m, _args, out, name):  # hooks must return None (else they replace data)
         if isinstance(out, torch.Tensor):
+            alive.append(out)  # kept until the pass ends: its address cannot be reused
             out_keys[_key(out)] = name
 
     def on_input(_m, args, name):
@@ -220,6 +223,7 @@ def _fold(model: nn.Module, producer: str, consumers: list[str], s: torch.Tensor
 
 def _unfused(m: nn.Module, s: torch.Tensor) -> None:
     """Scale ``m``'s input columns by ``s`` and its input by ``1/s`` with a pre-hook."""
+    m.weight = nn.Parameter(m.weight.detach().clone())  # untie: a shared table must not change
     _multiply_inputs(m, s)
     old = getattr(m, INPUT_SCALE_ATTR, None)
     if old is None:
@@ -286,8 +290,8 @@ def smooth(
             s, rec = _awq_unit(
                 feeder, consumers[0], mods, [schemes[c] for c in consumers], options, rec
             )
-        if method == "smoothquant" and rec["alpha"] is None:
-            records.append(rec)  # no α beat the unsmoothed layer on its calibration rows
+        if rec.get("alpha", 0.0) is None:
+            records.append(rec)  # no input, or no α beat the unscaled layer on its inputs
             continue
         if producer is not None:
             _fold(model, producer, consumers, s)
@@ -325,7 +329,7 @@ def _weight_qdq(mods, schemes) -> Callable[[torch.Tensor], torch.Tensor]:
 def _awq_unit(feeder, name, mods, schemes, options, rec):
     x = _rows(feeder, name, options.search_rows)
     if x is None:
-        return torch.ones(mods[0].in_features), {**rec, "alpha": 0.0, "note": "no input reached"}
+        return None, {**rec, "alpha": None, "note": "no calibration input reached this layer"}
     w = torch.cat([m.weight.detach().float() for m in mods])
     s, alpha, losses = awq_search(w, x, _weight_qdq(mods, schemes), options.awq_grid)
     return s, {**rec, "alpha": alpha, "loss_rtn": losses[0.0], "loss": losses[alpha]}

@@ -95,6 +95,8 @@ def gptq_weight(
         q = encode_weight(col[:, None], col_spec, params)
         return dequantize_weight(q, col_spec)[:, 0]
 
+    if group:  # a group's scales are fitted inside one lazy block: blocks hold whole groups
+        block_size = max(group, block_size // group * group)
     q, groups = gptq(w2d, h, fit, qdq, group_size=group, block_size=block_size,
                      percdamp=percdamp, act_order=act_order)  # fmt: skip
     params = QuantizedWeight(

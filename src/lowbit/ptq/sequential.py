@@ -134,12 +134,11 @@ def _with_bias(module: nn.Module, y: torch.Tensor, b: torch.Tensor | None) -> to
 
 def _install(module: nn.Module, wq: torch.Tensor, bias: torch.Tensor | None) -> None:
     """Put the chosen weights (and bias) into the working model."""
-    with torch.no_grad():
-        module.weight.copy_(wq.to(module.weight.dtype))
-        if bias is not None and module.bias is None:
-            module.bias = nn.Parameter(bias.clone())
-        elif bias is not None:
-            module.bias.copy_(bias)
+    dtype = module.weight.dtype
+    # new Parameters: a weight tied to another module (an embedding) must keep its float values
+    module.weight = nn.Parameter(wq.to(dtype), requires_grad=False)
+    if bias is not None:
+        module.bias = nn.Parameter(bias.to(dtype).clone(), requires_grad=False)
 
 
 def round_layers(
@@ -179,7 +178,7 @@ def round_layers(
                 n: _Inputs(
                     layers[n][0],
                     input_quantizer(layers[n][1], qparams.get(n)),
-                    rounding == "gptq",
+                    rounding == "gptq" and supports_rows(layers[n][0]),
                     options.max_rows,
                 )  # fmt: skip
                 for n in stage
