@@ -1,4 +1,4 @@
-"""Run every benchmark in turn (about 35 minutes on 2 cores) and print their tables.
+"""Run every benchmark in turn (about 50 minutes on 2 cores) and print their tables.
 
 Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Copy the output into RESULTS.md.
 """
@@ -17,6 +17,7 @@ SCRIPTS = [
     ["benchmarks.bench_lowbit"],
     ["benchmarks.bench_grids"],
     ["benchmarks.bench_qat"],
+    ["benchmarks.bench_ptq", "--seeds", "2"],
 ]
 
 if __name__ == "__main__":
