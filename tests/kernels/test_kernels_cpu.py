@@ -17,6 +17,8 @@ from lowbit.presets import get_preset
 
 pytestmark = pytest.mark.skipif(not cpu.has_int_mm(), reason="torch._int_mm unavailable")
 
+_NOT_EXACT = "oneDNN int8 conv absent, or saturating on this CPU (no VNNI); layers fall back"
+
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -136,7 +138,7 @@ CONVS = {
 }
 
 
-@pytest.mark.skipif(not cpu.has_onednn_qconv(), reason="oneDNN int8 conv not in this build")
+@pytest.mark.skipif(not cpu.onednn_qconv_exact(), reason=_NOT_EXACT)
 @pytest.mark.parametrize("preset", ["W8A8-dynamic", "W8A8"])
 @pytest.mark.parametrize("case", sorted(CONVS))
 def test_onednn_int8_conv_matches_reference(case: str, preset: str) -> None:
@@ -159,7 +161,7 @@ def test_onednn_int8_conv_matches_reference(case: str, preset: str) -> None:
     assert _rel(y_fast, y_ref) < 1e-5
 
 
-@pytest.mark.skipif(not cpu.has_onednn_qconv(), reason="oneDNN int8 conv not in this build")
+@pytest.mark.skipif(not cpu.onednn_qconv_exact(), reason=_NOT_EXACT)
 def test_int8_conv_kernel_direct_call_matches_integer_reference() -> None:
     g = _gen(3)
     qw = _int8((6, 3, 3, 3), g, -127, 128)
@@ -197,3 +199,17 @@ def test_prepack_placeholder_activation_qparams_do_not_change_results() -> None:
         packed = torch.ops.onednn.qconv_prepack(qw, w_scale, x_scale, x_zp, *args, None)
         outs.append(cpu.int8_conv(qx, 0.05, 100, packed, w_scale, None, *args))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_conv_layers_never_use_a_saturating_int8_conv():
+    import lowbit
+
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+    q = lowbit.quantize(conv, "W8A8-dynamic")
+    if cpu.onednn_qconv_exact():
+        assert q.kernel.startswith("onednn")
+    else:
+        assert q.kernel.startswith("reference") and "saturates" in q.kernel
+    x = torch.rand(2, 16, 6, 6) * 10
+    y = conv(x)
+    assert float((q(x) - y).pow(2).sum() / y.pow(2).sum()) < 1e-3

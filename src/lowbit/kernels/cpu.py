@@ -25,6 +25,7 @@ from lowbit.kernels import fused, reference
 __all__ = [
     "has_int_mm",
     "has_onednn_qconv",
+    "onednn_qconv_exact",
     "supports_weight_int8pack",
     "quantize_dynamic_int8",
     "int8_matmul",
@@ -57,6 +58,27 @@ def has_onednn_qconv() -> bool:
         return hasattr(ops, "qconv_prepack") and hasattr(ops, "qconv_pointwise")
     except (AttributeError, RuntimeError):
         return False
+
+
+@functools.cache
+def onednn_qconv_exact() -> bool:
+    """True when oneDNN's int8 convolution computes exact int32 sums on this CPU.
+
+    Without VNNI (AVX2-only CPUs, measured on an AMD EPYC without AVX-512), oneDNN multiplies
+    uint8 x int8 with ``vpmaddubsw``, whose int16 pair sums saturate (255*127*2 > 32767): the
+    result is then silently wrong. A worst-case probe (all-255 inputs, all-127 weights) tells.
+    """
+    if not has_onednn_qconv():
+        return False
+    qx = torch.full((1, 16, 3, 3), 255, dtype=torch.uint8)
+    qw = torch.full((4, 16, 3, 3), 127, dtype=torch.int8)
+    scale = torch.ones(4)
+    args = ([1, 1], [0, 0], [1, 1], 1)
+    try:
+        y = int8_conv(qx, 1.0, 0, prepack_int8_conv(qw, scale, *args), scale, None, *args)
+    except RuntimeError:
+        return False
+    return bool((y == 255 * 127 * 16 * 9).all())
 
 
 def supports_weight_int8pack(in_features: int) -> bool:

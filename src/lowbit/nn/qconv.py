@@ -108,6 +108,12 @@ class QuantConv(QuantModule):
         elif not cpu.has_onednn_qconv():
             self._fast = False
             self._fallback("oneDNN int8 convolution is not in this torch build")
+        elif not cpu.onednn_qconv_exact():
+            self._fast = False
+            self._fallback(
+                "oneDNN's int8 convolution saturates on this CPU (no VNNI: its int16 pair sums "
+                "overflow), so the exact reference path is used"
+            )
         else:
             w_int8, self._w_scale, _sqnr = int8
             if w_int8 is not self.qweight:
