@@ -248,11 +248,13 @@ def _need_batches(calibration: Any, algorithms: tuple[str, ...]) -> Any:
 def _integer_layers(plan: dict[str, Any]) -> dict[str, Any]:
     """The Linear/Conv layers the algorithms work on: integer weights (FP16/BF16 casts have no
     rounding to correct)."""
-    return {
-        n: (m, s)
-        for n, (m, s) in plan.items()
-        if n and s.weight is not None and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)
-    }
+    layers, seen = {}, set()
+    for n, (m, s) in plan.items():
+        if n and s.weight is not None and isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
+            if id(m) not in seen:  # a module under two names is rescaled and rounded once
+                seen.add(id(m))
+                layers[n] = (m, s)
+    return layers
 
 
 def _check_algorithms(plan: dict[str, Any], algorithms: tuple[str, ...]) -> None:

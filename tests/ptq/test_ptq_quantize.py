@@ -284,3 +284,15 @@ def test_smoothing_and_rounding_never_change_a_tied_embedding():
                         exclude=["emb"])  # fmt: skip
     assert torch.equal(q.emb.weight, emb_before)
     assert torch.equal(model.emb.weight, emb_before)  # the user's model is untouched too
+
+
+def test_a_layer_reused_under_two_names_is_rescaled_once():
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(nn.LayerNorm(16), shared, nn.ReLU(), shared).eval()
+    cal = _calib((8, 16))
+    q = lowbit.quantize(model, "W8A8", calibration=cal, algorithm=["smoothquant", "gptq"])
+    layers = [r["layers"] for r in q.lowbit_record.ptq["rescaled"]]
+    assert sum(names.count("1") + names.count("3") for names in layers) <= 1
+    assert q[1] is q[3]
+    x = cal[0]
+    assert _rel(q(x), model(x)) < 0.05
