@@ -184,8 +184,13 @@ def quantize(
         calibration = _need_batches(calibration, config.algorithms)
         _rescale(model, plan, calibration, config, record)
     ranges = _calibrate(model, plan, calibration, progress)
+    qparams = {
+        n: static_input_qparams(s.activation, *ranges[n])
+        for n, (m, s) in plan.items()
+        if n in ranges and _needs_calibration(m, s)
+    }
     if set(config.algorithms) & {"gptq", "adaround", "bias_correction"}:
-        codes = _round(model, plan, ranges, calibration, config, record, progress)
+        codes = _round(model, plan, qparams, calibration, config, record, progress)
     done: dict[int, nn.Module] = {}  # a layer registered under several names is quantized once
     layers = tqdm(
         plan.items(),
@@ -199,16 +204,13 @@ def quantize(
             _set(model, name, done[id(module)])
             record.layers[name] = done[id(module)].layer_spec()
             continue
-        qparams = None
-        if _needs_calibration(module, layer_scheme):
-            if name not in ranges:
-                record.skipped[name] = "no calibration batch reached this layer"
-                log.warning("keeping %s in float: no calibration batch reached it", name)
-                continue
-            qparams = static_input_qparams(layer_scheme.activation, *ranges[name])
+        if _needs_calibration(module, layer_scheme) and name not in qparams:
+            record.skipped[name] = "no calibration batch reached this layer"
+            log.warning("keeping %s in float: no calibration batch reached it", name)
+            continue
         extra = {"qweight": codes[name]} if name in codes else {}
         qmodule = layer_class(module, layer_scheme).from_float(
-            module, layer_scheme, qparams, name, **extra
+            module, layer_scheme, qparams.get(name), name, **extra
         )
         done[id(module)] = qmodule
         if name:
@@ -283,14 +285,9 @@ def _rescale(model, plan, batches, config: QuantConfig, record: QuantizationReco
         record.ptq["seconds"][name] = round(time.perf_counter() - start, 3)
 
 
-def _round(model, plan, ranges, batches, config, record, progress) -> dict[str, Any]:
+def _round(model, plan, qparams, batches, config, record, progress) -> dict[str, Any]:
     """GPTQ/AdaRound/RTN codes and bias correction, layer by layer."""
     start = time.perf_counter()
-    qparams = {
-        n: static_input_qparams(s.activation, *ranges[n])
-        for n, (m, s) in plan.items()
-        if n in ranges and _needs_calibration(m, s)
-    }
     codes, layers = round_layers(model, _integer_layers(plan), qparams, batches, config.algorithms,
                                  config.ptq_options, progress)  # fmt: skip
     record.ptq["layers"] = layers

@@ -31,6 +31,7 @@ __all__ = [
     "stages",
     "run",
     "flat_tensors",
+    "outputs_match",
 ]
 
 Batch = tuple[tuple, dict]
@@ -139,6 +140,15 @@ def run(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
     """The model's floating outputs on ``batch`` (no gradients), flattened to a list."""
     with torch.no_grad():
         return flat_tensors(_call(model, batch))
+
+
+def outputs_match(after: list[torch.Tensor], before: list[torch.Tensor], tol: float = 1e-4) -> bool:
+    """Same number of tensors, same shapes, each within ``‖a − b‖ ≤ tol · ‖b‖``: how rescaling
+    and block chaining prove they reproduce the model's own outputs."""
+    return len(after) == len(before) > 0 and all(
+        a.shape == b.shape and float((a - b).norm()) <= tol * max(float(b.norm()), 1e-12)
+        for a, b in zip(after, before, strict=True)
+    )
 
 
 def flat_tensors(out: Any) -> list[torch.Tensor]:

@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.ptq.capture import Batch, _Stop, layer_inputs
+from lowbit.ptq.capture import Batch, _Stop, layer_inputs, outputs_match
 
 __all__ = ["Feeder"]
 
 log = logging.getLogger(__name__)
-_TOL = 1e-4
 
 
 def _find_blocks(
@@ -71,31 +70,31 @@ class Feeder:
             return None
         return int(name[len(self.prefix) :].split(".")[0])
 
-    def _block_inputs(self, batch: Batch) -> tuple[tuple, dict] | None:
+    def _block_inputs(self, batch: Batch, last: list | None = None) -> tuple[tuple, dict] | None:
+        """The first block's ``(args, kwargs)`` for ``batch``; the pass stops there unless
+        ``last`` is given, which then receives the last block's output (one full pass)."""
         got: list[tuple[tuple, dict]] = []
 
-        def hook(_m, args, kwargs):
+        def first(_m, args, kwargs):
             got.append((args, kwargs))
-            raise _Stop
+            if last is None:
+                raise _Stop
 
-        handle = self.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [self.blocks[0].register_forward_pre_hook(first, with_kwargs=True)]
+        if last is not None:
+            hook = lambda _m, _a, out: last.append(_hidden(out))  # noqa: E731
+            handles.append(self.blocks[-1].register_forward_hook(hook))
         try:
-            layer_inputs(self.model, [], batch)  # runs until the hook stops it
-        except _Stop:
-            pass
+            layer_inputs(self.model, [], batch)  # layer_inputs ends the pass at _Stop
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
         return got[0] if got else None
 
     def _chain_matches(self) -> bool:
         """Does chaining the blocks by hand give the model's own last-block output?"""
         seen: list[torch.Tensor] = []
-        h = self.blocks[-1].register_forward_hook(lambda _m, _a, out: seen.append(_hidden(out)))
-        try:
-            start = self._block_inputs(self.batches[0])
-            layer_inputs(self.model, [], self.batches[0])  # a full pass: fills `seen`
-        finally:
-            h.remove()
+        start = self._block_inputs(self.batches[0], last=seen)
         if start is None or not seen:
             return False
         args, kwargs = start
@@ -107,11 +106,7 @@ class Feeder:
         except (TypeError, RuntimeError, ValueError, IndexError):
             return False  # not a chain (parallel heads...): whole-model passes work for any model
         ref = seen[0]
-        return (
-            isinstance(out, torch.Tensor)
-            and out.shape == ref.shape
-            and float((out - ref).norm()) <= _TOL * max(float(ref.norm()), 1e-12)
-        )
+        return all(isinstance(t, torch.Tensor) for t in (out, ref)) and outputs_match([out], [ref])
 
     def _advance(self, block: int) -> None:
         """Bring the cached inputs to ``block`` (running the blocks in between as they are now)."""

@@ -32,15 +32,9 @@ def layer_op(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.
     """``op(x, W)``: the layer's output without its bias, for any weight of its shape."""
     if isinstance(module, nn.Linear):
         return lambda x, w: F.linear(x, w)
+    # quantize leaves convs with non-zero padding modes or string padding in float
+    # (nn.unsupported_reason), so zero padding by integers is all there is to handle here
     conv = F.conv1d if isinstance(module, nn.Conv1d) else F.conv2d
-    if module.padding_mode != "zeros":  # pad explicitly, as nn.Conv does
-        pad = module._reversed_padding_repeated_twice
-
-        def op(x, w):
-            return conv(F.pad(x, pad, mode=module.padding_mode), w, None, module.stride, 0,
-                        module.dilation, module.groups)  # fmt: skip
-
-        return op
     return lambda x, w: conv(
         x, w, None, module.stride, module.padding, module.dilation, module.groups
     )
@@ -48,9 +42,7 @@ def layer_op(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.
 
 def supports_rows(module: nn.Module) -> bool:
     """Whether ``matmul_rows`` applies (dense layers: Linear, or convs with ``groups == 1``)."""
-    return isinstance(module, nn.Linear) or (
-        module.groups == 1 and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
-    )
+    return isinstance(module, nn.Linear) or module.groups == 1
 
 
 def matmul_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

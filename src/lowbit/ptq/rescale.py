@@ -30,7 +30,7 @@ from lowbit.algorithms.awq import awq_search
 from lowbit.algorithms.cle import equalization_scales
 from lowbit.algorithms.smoothquant import smoothquant_scales, smoothquant_search
 from lowbit.nn.base import INPUT_SCALE_ATTR, fake_quantize_dynamic
-from lowbit.ptq.capture import Batch, execution_order, run
+from lowbit.ptq.capture import Batch, execution_order, outputs_match, run
 from lowbit.ptq.feeder import Feeder
 from lowbit.ptq.options import PTQOptions
 from lowbit.weight_quant import dequantize_weight, quantize_weight
@@ -38,8 +38,6 @@ from lowbit.weight_quant import dequantize_weight, quantize_weight
 __all__ = ["equalize", "smooth", "INPUT_SCALE_ATTR"]
 
 log = logging.getLogger(__name__)
-
-_TOL = 1e-4
 
 
 # -- applying scales --------------------------------------------------------------------------
@@ -65,6 +63,11 @@ def _multiply_inputs(m: nn.Module, s: torch.Tensor, repeat: int = 1) -> None:
             m.weight.mul_(s.reshape(1, -1, *[1] * (m.weight.dim() - 2)))
 
 
+def _output_ranges(m: nn.Module) -> torch.Tensor:
+    """``max|W|`` per output channel (CLE's ``r1``)."""
+    return m.weight.detach().abs().flatten(1).amax(dim=1)
+
+
 def _input_ranges(m: nn.Module, repeat: int = 1) -> torch.Tensor:
     w = m.weight.detach().abs()
     if _is_depthwise(m):
@@ -86,10 +89,7 @@ def _verified(model: nn.Module, batch: Batch, modules: list[nn.Module], apply: C
         for m, params in zip(modules, saved, strict=True):
             for p, old in zip(m.parameters(), params, strict=True):
                 p.copy_(old)
-    return len(before) == len(after) > 0 and all(
-        a.shape == b.shape and float((a - b).norm()) <= _TOL * max(float(b.norm()), 1e-12)
-        for a, b in zip(after, before, strict=True)
-    )
+    return outputs_match(after, before)
 
 
 def _channels(producer: nn.Module) -> int:
@@ -121,7 +121,6 @@ def equalize(
     model: nn.Module, layers: dict[str, nn.Module], batch: Batch, options: PTQOptions
 ) -> list[dict[str, Any]]:
     """Cross-layer equalization of every verified consecutive pair; returns one record a pair."""
-    records = []
     pairs = []
     for a, b, repeat in _cle_candidates(model, layers, batch):
         pa, pb = layers[a], layers[b]
@@ -134,19 +133,17 @@ def equalize(
             pairs.append((a, b, repeat, apply))
         else:
             log.info("CLE: %s -> %s is not a scale-equivariant chain; left alone", a, b)
-    for a, b, repeat, _apply in pairs:
-        r1 = layers[a].weight.detach().abs().flatten(1).amax(dim=1)
-        r2 = _input_ranges(layers[b], repeat)
-        records.append({"algorithm": "cle", "producer": a, "consumer": b,
-                        "range_ratio_before": _spread(r1, r2)})  # fmt: skip
+
+    def spread(a: str, b: str, repeat: int) -> float:
+        return _spread(_output_ranges(layers[a]), _input_ranges(layers[b], repeat))
+
+    records = [{"algorithm": "cle", "producer": a, "consumer": b,
+                "range_ratio_before": spread(a, b, repeat)} for a, b, repeat, _ in pairs]  # fmt: skip
     for _ in range(options.cle_sweeps):
-        for _a, _b, _repeat, apply in pairs:
-            pa, pb = layers[_a], layers[_b]
-            apply(equalization_scales(pa.weight.detach().abs().flatten(1).amax(dim=1),
-                                      _input_ranges(pb, _repeat)))  # fmt: skip
+        for a, b, repeat, apply in pairs:
+            apply(equalization_scales(_output_ranges(layers[a]), _input_ranges(layers[b], repeat)))
     for rec, (a, b, repeat, _apply) in zip(records, pairs, strict=True):
-        r1 = layers[a].weight.detach().abs().flatten(1).amax(dim=1)
-        rec["range_ratio_after"] = _spread(r1, _input_ranges(layers[b], repeat))
+        rec["range_ratio_after"] = spread(a, b, repeat)
     return records
 
 
@@ -268,7 +265,8 @@ def smooth(
     ``layers``; folded where exact, else kept per layer. Returns one record per scaled unit."""
     units = _units(model, layers, batches[0])
     records = []
-    feeder = Feeder(model, layers, batches)
+    searched = method == "awq" or options.smoothquant_alpha is None
+    feeder = Feeder(model, layers, batches) if searched else None  # only searches read inputs
     if method == "smoothquant":
         absmax = _act_absmax(model, layers, batches)
     for producer, consumers in units:
@@ -338,7 +336,7 @@ def _awq_unit(feeder, name, mods, schemes, options, rec):
 def _smoothquant_unit(feeder, name, mods, schemes, act_absmax, options, rec):
     x = _rows(feeder, name, options.search_rows)
     if x is None:
-        return torch.ones(mods[0].in_features), {**rec, "alpha": None, "note": "no input reached"}
+        return None, {**rec, "alpha": None, "note": "no calibration input reached this layer"}
     spec = schemes[0].activation
     qdq_x = (lambda t: t) if spec is None else (lambda t: fake_quantize_dynamic(t, spec))
     w = torch.cat([m.weight.detach().float() for m in mods])

@@ -36,14 +36,12 @@ from lowbit.ptq.capture import Batch, stages
 from lowbit.ptq.feeder import Feeder
 from lowbit.ptq.layer_ops import channel_mean, input_quantizer, layer_op, matmul_rows, supports_rows
 from lowbit.ptq.options import PTQOptions
-from lowbit.ptq.rounding import adaround_weight, check_adaround, gptq_weight
+from lowbit.ptq.rounding import adaround_weight, gptq_weight
 from lowbit.weight_quant import QuantizedWeight, dequantize_weight, quantize_weight
 
 __all__ = ["round_layers"]
 
 log = logging.getLogger(__name__)
-
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 class _Inputs:
@@ -87,11 +85,11 @@ def _solve(name: str, module: nn.Module, scheme, inputs: _Inputs, rounding: str,
     op = layer_op(module)
     rtn = quantize_weight(w, spec, f"{name}.weight")
     used = rounding
+    xf, xq = (torch.cat(inputs.rows_f), torch.cat(inputs.rows_q)) if inputs.kept else (None, None)
     if rounding == "gptq" and supports_rows(module):
         qw = gptq_weight(w, inputs.h, spec, block_size=opts.gptq_block_size,
                          percdamp=opts.gptq_percdamp, act_order=opts.gptq_act_order)  # fmt: skip
     elif rounding == "adaround" and inputs.kept:
-        xf, xq = torch.cat(inputs.rows_f), torch.cat(inputs.rows_q)
         qw = adaround_weight(w, spec, op, xf, xq, iters=opts.adaround_iters, lr=opts.adaround_lr,
                              lam=opts.adaround_lambda, batch_size=opts.adaround_batch)  # fmt: skip
     else:
@@ -111,18 +109,16 @@ def _solve(name: str, module: nn.Module, scheme, inputs: _Inputs, rounding: str,
         )
     record = {"rounding": used, "bias_correction": new_bias is not bias}
     if inputs.kept:
-        xf, xq = torch.cat(inputs.rows_f), torch.cat(inputs.rows_q)
-        record["error_before"] = _rel_error(module, op, xf, xq, w, bias,
-                                            dequantize_weight(rtn, spec).reshape(w.shape), bias)  # fmt: skip
-        record["error_after"] = _rel_error(module, op, xf, xq, w, bias, wq, new_bias)
+        y = _with_bias(module, op(xf, w), bias)  # the float layer on float inputs
+        w_rtn = dequantize_weight(rtn, spec).reshape(w.shape)
+        record["error_before"] = _rel_error(y, _with_bias(module, op(xq, w_rtn), bias))
+        record["error_after"] = _rel_error(y, _with_bias(module, op(xq, wq), new_bias))
     record["seconds"] = round(time.perf_counter() - start, 4)
     _install(module, wq, new_bias)
     return qw, record
 
 
-def _rel_error(module, op, xf, xq, w, b, wq, bq) -> float:
-    y = _with_bias(module, op(xf, w), b)
-    yq = _with_bias(module, op(xq, wq), bq)
+def _rel_error(y: torch.Tensor, yq: torch.Tensor) -> float:
     return float((y - yq).pow(2).sum() / y.pow(2).sum().clamp(min=1e-30))
 
 
@@ -143,25 +139,22 @@ def _install(module: nn.Module, wq: torch.Tensor, bias: torch.Tensor | None) -> 
 
 def round_layers(
     model: nn.Module,
-    plan: dict[str, Any],
+    layers: dict[str, Any],
     qparams: dict[str, tuple[torch.Tensor, torch.Tensor]],
     batches: list[Batch],
     algorithms: tuple[str, ...],
     options: PTQOptions,
     progress: bool | None = None,
 ) -> tuple[dict[str, QuantizedWeight], dict[str, dict[str, Any]]]:
-    """Solve every planned Linear/Conv layer in execution order; returns their codes and records.
+    """Solve every layer of ``layers`` in execution order; returns their codes and records.
 
-    ``model`` is modified in place: solved layers hold their dequantized weights (and corrected
-    biases) afterwards. ``plan`` maps names to ``(module, scheme)``; ``qparams`` holds the static
-    input qparams of the layers that have them.
+    ``layers`` maps names to ``(module, scheme)`` for Linear/Conv layers with integer weights,
+    one name per module, formats already checked against the algorithm (``quantize`` does
+    both); ``qparams`` holds the static input qparams of the layers that have them. ``model``
+    is modified in place: solved layers hold their dequantized weights (and corrected biases).
     """
     rounding = next((a for a in algorithms if a in ("gptq", "adaround")), "rtn")
     correct = "bias_correction" in algorithms
-    layers = {n: ms for n, ms in plan.items() if n and isinstance(ms[0], _LAYERS)}
-    if rounding == "adaround":
-        for n, (_m, s) in layers.items():
-            check_adaround(s.weight, f"layer {n!r}")
     reference = copy.deepcopy(model) if rounding == "adaround" or correct else None
     modules = {n: m for n, (m, _s) in layers.items()}
     order = stages(model, modules, batches[0])
