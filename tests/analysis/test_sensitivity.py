@@ -33,3 +33,19 @@ def test_metric_deltas_come_from_the_users_evaluate_and_leave_the_model_float():
     rows = layer_sensitivity(model, [x[:64]], ["BINARY"], evaluate=agree, progress=False)
     assert all(r.metric_delta <= 0 for r in rows) and any(r.metric_delta < 0 for r in rows)
     assert agree(model) == 1.0  # analysis never modifies the float model
+
+
+def test_bad_input_gets_clear_errors():
+    import pytest
+
+    from lowbit.errors import CalibrationError, ConfigError, UnknownPresetError
+
+    model = _model()
+    with pytest.raises(ConfigError, match="non-empty list"):
+        layer_sensitivity(model, [torch.randn(4, 32)], [])
+    with pytest.raises(ConfigError, match="non-empty list"):
+        layer_sensitivity(model, [torch.randn(4, 32)], "W8A16")
+    with pytest.raises(CalibrationError, match="empty"):
+        layer_sensitivity(model, [], ["W8A16"])
+    with pytest.raises(UnknownPresetError):
+        layer_sensitivity(model, [torch.randn(4, 32)], ["W9A16"])

@@ -296,3 +296,9 @@ def test_a_layer_reused_under_two_names_is_rescaled_once():
     assert q[1] is q[3]
     x = cal[0]
     assert _rel(q(x), model(x)) < 0.05
+
+
+def test_calibration_batches_of_the_wrong_shape_name_the_problem():
+    for algo in ("gptq", "awq", "cle"):
+        with pytest.raises(CalibrationError, match="failed on a calibration batch"):
+            lowbit.quantize(Tiny().eval(), "W4A16", calibration=[torch.randn(2, 7)], algorithm=algo)

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lowbit.config import QuantScheme
+from lowbit.errors import ConfigError
 from lowbit.measure.accuracy import sqnr_db
 from lowbit.ptq.capture import materialize, run
 
@@ -61,6 +62,10 @@ def layer_sensitivity(
     """One :class:`LayerSensitivity` per quantizable layer and candidate (see module doc)."""
     import lowbit  # the package's quantize (this module is imported by it)
 
+    if not candidates or isinstance(candidates, str):
+        raise ConfigError(
+            "candidates must be a non-empty list of presets or schemes, e.g. ['W8A16', 'W4A16']"
+        )
     batches = materialize(calibration)
     model = model.eval()
     reference = _outputs(model, batches)
