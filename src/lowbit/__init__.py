@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from lowbit.analysis import allocate, analyze
 from lowbit.config import QuantConfig, QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.errors import (
     ArtifactError,
@@ -21,12 +22,17 @@ from lowbit.errors import (
 from lowbit.presets import PRESETS, get_preset, preset_names
 from lowbit.ptq import ALGORITHMS, PTQOptions
 from lowbit.quantize import QuantizationRecord, quantize
+from lowbit.search import AutoResult, auto
 from lowbit.serialization import artifact_size, load, model_size, save
 
 __version__ = "0.1.0"
 
 __all__ = [
     "quantize",
+    "analyze",
+    "allocate",
+    "auto",
+    "AutoResult",
     "save",
     "load",
     "model_size",

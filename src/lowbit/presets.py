@@ -1,5 +1,5 @@
 """Named schemes in industry shorthand: ``W8A8``, ``W8A8-dynamic``, ``W8A16``, ``W4A16-g128``,
-``W4A16``, ``W3A16-g128``, ``W2A16-g64``, ``W4A8``, ``W3A8``, ``NF4``, ``POT4``, ``KMEANS16``, ``KMEANS4``,
+``W4A16``, ``W3A16-g128``, ``W3A16``, ``W2A16-g64``, ``W4A8``, ``W3A8``, ``NF4``, ``POT4``, ``KMEANS16``, ``KMEANS4``,
 ``TERNARY``, ``BINARY``, ``FP16``, ``BF16``.
 
 ``W{w}A{a}``: weights of ``w`` bits, activations of ``a`` bits. ``A16`` means weight-only
@@ -56,6 +56,7 @@ PRESETS: dict[str, QuantScheme] = {
     # Per-channel asymmetric 4-bit weights (int4 kernel, scales repeated over groups).
     "W4A16": _weight_only("W4A16", "uint4", "per_channel", symmetric=False),
     "W3A16-g128": _weight_only("W3A16-g128", "uint3", "per_group:128", symmetric=False),
+    "W3A16": _weight_only("W3A16", "uint3", "per_channel", symmetric=False),
     "W2A16-g64": _weight_only("W2A16-g64", "uint2", "per_group:64", symmetric=False),
     # 4-bit symmetric per-channel weights with int8 activations: the codes go straight into the
     # int8 GEMM (they are valid int8), so only the disk and memory savings differ from W8A8.

@@ -75,12 +75,13 @@ def test_onednn_path_matches_reference(preset: str, case: str) -> None:
     assert rel(q(x), q._conv_reference(qx, sx, zx)) < 1e-5
 
 
-def test_weight_only_dequantizes_into_bf16_conv() -> None:
+def test_weight_only_dequantizes_into_a_bf16_or_fp32_conv() -> None:
     conv, batches, x = setup("conv2d")
     q = make("W8A16", conv, batches)
-    assert "bf16" in q.kernel
-    w = q.dequantized_weight().to(torch.bfloat16)
-    expected = nn.functional.conv2d(x.to(torch.bfloat16), w, q.bias.to(torch.bfloat16), padding=1)
+    dt = cpu.dequant_dtype()  # bf16 where native, fp32 where bf16 would be emulated
+    assert ("bf16" if dt is torch.bfloat16 else "fp32") in q.kernel
+    w = q.dequantized_weight().to(dt)
+    expected = nn.functional.conv2d(x.to(dt), w, q.bias.to(dt), padding=1)
     assert torch.equal(q(x), expected.float())
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "has_onednn_qconv",
     "onednn_qconv_exact",
     "supports_weight_int8pack",
+    "native_bf16",
+    "dequant_dtype",
     "quantize_dynamic_int8",
     "int8_matmul",
     "dequantize_accumulator",
@@ -79,6 +81,23 @@ def onednn_qconv_exact() -> bool:
     except RuntimeError:
         return False
     return bool((y == 255 * 127 * 16 * 9).all())
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """True when this CPU computes bf16 GEMMs and convs natively (AVX-512 BF16/AMX, or oneDNN's
+    fast AVX-512 emulation). Without it (AVX2-only CPUs) a bf16 GEMM is emulated and measured
+    ~10x slower than fp32 (AMD EPYC, 1280x384 @ 384x1536: 82 ms vs 8.6 ms)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def dequant_dtype() -> torch.dtype:
+    """The dtype weight-only layers dequantize to and compute in for large inputs: bf16 where it
+    is native, else fp32 (where bf16 would be emulated and slower than float)."""
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 def supports_weight_int8pack(in_features: int) -> bool:
@@ -157,14 +176,15 @@ def weight_int8_matmul(
     """``y = bf16(x) @ (qw * scale).T`` in bf16; ``x [M, K]``, ``qw [N, K]``, ``scale [N]``.
 
     ``_weight_int8pack_mm`` costs ~linearly in M; from ``WEIGHT_ONLY_DEQUANT_MIN_ROWS`` rows on it
-    is cheaper to dequantize the weight to bf16 once per call and run the bf16 GEMM (measured
-    crossovers: 28-150 rows for 384x1536, 1536x384 and 4096x4096; see benchmarks/RESULTS.md).
+    is cheaper to dequantize the weight once per call and run a GEMM (measured crossovers: 28-150
+    rows for 384x1536, 1536x384 and 4096x4096; see benchmarks/RESULTS.md), in bf16 where it is
+    native, else in fp32 (:func:`dequant_dtype`).
     """
-    xb = x.to(torch.bfloat16)
     if fast and x.shape[0] < WEIGHT_ONLY_DEQUANT_MIN_ROWS:
-        return torch.ops.aten._weight_int8pack_mm(xb, qw, scale_bf16)
-    w = qw.to(torch.bfloat16) * scale_bf16.reshape(-1, 1)
-    return torch.nn.functional.linear(xb, w)
+        return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), qw, scale_bf16)
+    dt = dequant_dtype()
+    w = qw.to(dt) * scale_bf16.to(dt).reshape(-1, 1)
+    return torch.nn.functional.linear(x.to(dt), w)
 
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)

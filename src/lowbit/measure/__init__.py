@@ -2,7 +2,7 @@
 
 from lowbit.measure.accuracy import cosine_similarity, sqnr_db, top1_accuracy
 from lowbit.measure.latency import LatencyResult, measure_latency
-from lowbit.measure.size import bits_per_weight
+from lowbit.measure.size import bits_per_weight, layer_weight_bytes
 from lowbit.measure.table import format_table
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "sqnr_db",
     "format_table",
     "bits_per_weight",
+    "layer_weight_bytes",
 ]

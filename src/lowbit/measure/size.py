@@ -19,9 +19,12 @@ import math
 import os
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
-__all__ = ["bits_per_weight"]
+from lowbit.packing import packed_nbytes
+
+__all__ = ["bits_per_weight", "layer_weight_bytes"]
 
 _WEIGHT_KEYS = ("qweight", "weight_scale", "weight_zero_point", "weight_codebook", "weight")
 _BYTES = {"U8": 1, "I8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "I64": 8, "F64": 8}
@@ -50,3 +53,25 @@ def bits_per_weight(path: str | os.PathLike) -> float:
     if n_weights == 0:
         raise ValueError(f"{root} holds no quantized layers")
     return 8.0 * total_bytes / n_weights
+
+
+def layer_weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes one layer's weight costs as lowbit stores it (codes bit-packed, scales, zero points,
+    codebook; no bias): the per-layer version of :func:`bits_per_weight`, for float layers too.
+
+    >>> layer_weight_bytes(torch.nn.Linear(256, 64))  # 256 * 64 float32 weights
+    65536
+    """
+    state = module.state_dict(keep_vars=True)
+    scheme = getattr(module, "scheme", None)
+    spec = getattr(scheme, "weight", None)
+    total = 0
+    for key in _WEIGHT_KEYS:
+        t = state.get(key)
+        if t is None:
+            continue
+        if key == "qweight" and spec is not None and spec.number_format.bits < 8:
+            total += packed_nbytes(t.numel(), spec.number_format.bits)
+        else:
+            total += t.numel() * t.element_size()
+    return total

@@ -74,6 +74,10 @@ class CastLayer(QuantModule):
     def from_spec(cls, spec: dict[str, Any], float_module: nn.Module) -> CastLayer:
         return cls(float_module, QuantScheme.from_dict(spec["scheme"]))
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The stored fp16/bf16 weight as float32 (what the analysis compares with float)."""
+        return self.weight.detach().float()
+
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         if self.dtype is torch.bfloat16:
             return torch.bfloat16

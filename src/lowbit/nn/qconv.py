@@ -6,7 +6,8 @@
   on oneDNN's int8 kernel:
   ``y = conv((q_x - z_x) * s_x, q_w * s_w) + b`` with one weight scale per output channel.
 * weight-only: there is no fused int8-weight/float-activation convolution in torch, so the weight is
-  dequantized on each call and the convolution runs in bf16 (``kernel`` says so).
+  dequantized on each call and the convolution runs in bf16, or in fp32 on CPUs without native
+  bf16 (``kernel`` says so).
 
 >>> conv = nn.Conv2d(3, 8, 3, padding=1)
 >>> q = QuantConv.from_float(conv, get_preset("W8A8-dynamic"))
@@ -95,7 +96,8 @@ class QuantConv(QuantModule):
         mode = self.scheme.mode
         self._fast = True
         if mode is QuantMode.WEIGHT_ONLY:
-            self.kernel = "dequantize + bf16 conv (no fused weight-only int8 conv in torch)"
+            dt = "bf16" if cpu.native_bf16() else "fp32 (bf16 is not native on this CPU)"
+            self.kernel = f"dequantize + {dt} conv (no fused weight-only int8 conv in torch)"
             return
         self.kernel = "onednn.qconv_pointwise (uint8 x int8)"
         act = self.scheme.activation
@@ -156,10 +158,10 @@ class QuantConv(QuantModule):
                 f"got shape {list(x.shape)}"
             )
         if self.scheme.mode is QuantMode.WEIGHT_ONLY:
-            w = self.dequantized_weight().to(torch.bfloat16)
-            b = None if self.bias is None else self.bias.to(torch.bfloat16)
+            w = self.dequantized_weight().to(cpu.dequant_dtype())
+            b = None if self.bias is None else self.bias.to(w.dtype)
             y = CONV_FN[self.dims](
-                x.to(torch.bfloat16), w, b, self.stride, self.padding, self.dilation, self.groups
+                x.to(w.dtype), w, b, self.stride, self.padding, self.dilation, self.groups
             )
             return y.to(x.dtype)
         if not self._uint8_inputs():

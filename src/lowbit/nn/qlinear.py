@@ -147,7 +147,7 @@ class QuantLinear(QuantModule):
             return
         if int8.sqnr_db < EXPANSION_MIN_SQNR_DB:
             # Groups of very different magnitude in a row: keep the exact values in bf16.
-            self._w_bf16 = self.dequantized_weight().to(torch.bfloat16)
+            self._w_bf16 = self.dequantized_weight().to(cpu.dequant_dtype())
             self.kernel = (
                 "bf16 GEMM on weights dequantized at load (int8 expansion would be only "
                 f"{int8.sqnr_db:.0f} dB from the stored format)"
@@ -237,14 +237,14 @@ class QuantLinear(QuantModule):
         if not self._fast:
             y = self._forward_reference(x2)
         elif self._w_bf16 is not None:
-            y = nn.functional.linear(x2.to(torch.bfloat16), self._w_bf16)
+            y = nn.functional.linear(x2.to(self._w_bf16.dtype), self._w_bf16)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
         elif self._int4 is not None:
             if x2.shape[0] >= cpu.WEIGHT_ONLY_DEQUANT_MIN_ROWS:
                 # The int4 kernel's cost grows linearly with rows (a GEMV per row); for large
                 # batches one dequantize per call + a bf16 GEMM is faster (see RESULTS.md).
-                w = self.dequantized_weight().to(torch.bfloat16)
-                y = nn.functional.linear(x2.to(torch.bfloat16), w)
+                w = self.dequantized_weight().to(cpu.dequant_dtype())
+                y = nn.functional.linear(x2.to(w.dtype), w)
             else:
                 y = cpu.int4_matmul(x2, *self._int4)
             y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)

@@ -30,6 +30,7 @@ __all__ = [
     "execution_order",
     "stages",
     "run",
+    "call_model",
     "flat_tensors",
     "outputs_match",
 ]
@@ -52,7 +53,7 @@ def materialize(calibration: Any) -> PreparedBatches:
     return batches
 
 
-def _call(model: nn.Module, batch: Batch) -> Any:
+def call_model(model: nn.Module, batch: Batch) -> Any:
     args, kwargs = batch
     try:
         return model(*args, **kwargs)
@@ -82,7 +83,7 @@ def layer_inputs(
     handles = [m.register_forward_pre_hook(hook) for m in modules]
     try:
         with torch.no_grad():
-            _call(model, batch)
+            call_model(model, batch)
     except _Stop:
         pass
     finally:
@@ -112,7 +113,7 @@ def execution_order(
     handles = [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names if n]
     try:
         with torch.no_grad():
-            _call(model, batch)
+            call_model(model, batch)
     finally:
         for h in handles:
             h.remove()
@@ -139,7 +140,7 @@ def stages(model: nn.Module, layers: dict[str, nn.Module], batch: Batch) -> list
 def run(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
     """The model's floating outputs on ``batch`` (no gradients), flattened to a list."""
     with torch.no_grad():
-        return flat_tensors(_call(model, batch))
+        return flat_tensors(call_model(model, batch))
 
 
 def outputs_match(after: list[torch.Tensor], before: list[torch.Tensor], tol: float = 1e-4) -> bool:
