@@ -3,6 +3,8 @@
     lowbit demo                                   train, quantize and measure two small CNNs
     lowbit presets                                list the preset schemes
     lowbit quantize MODEL --scheme W8A8 --calib DATA --out DIR [--weights FILE]
+    lowbit auto (--task NAME | MODEL --calib DATA --evaluate FN) --out DIR
+                                                  smallest model within --max-drop of float
     lowbit info DIR                               describe a saved artifact
 
 ``MODEL`` names a factory that builds the float architecture: ``package.module:function`` or
@@ -29,6 +31,7 @@ from torch import nn
 import lowbit
 from lowbit.errors import LowbitError
 from lowbit.ptq import ALGORITHMS
+from lowbit.search.cli import add_parser as add_auto_parser
 from lowbit.tasks import TASKS
 
 __all__ = ["main", "load_factory", "load_tensor_file"]
@@ -186,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--out", required=True, help="output artifact directory")
     q.set_defaults(func=_cmd_quantize)
+    add_auto_parser(sub)
     info = sub.add_parser("info", help="describe a saved artifact")
     info.add_argument("artifact")
     info.set_defaults(func=_cmd_info)

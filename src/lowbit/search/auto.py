@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from lowbit.analysis.allocate import FLOAT, Allocation, allocate, to_config
 from lowbit.analysis.report import SensitivityReport
 from lowbit.analysis.sensitivity import DEFAULT_CANDIDATES, analyze
+from lowbit.calibrate import PreparedBatches
 from lowbit.config import QuantScheme
 from lowbit.errors import ConfigError
 from lowbit.measure.latency import measure_latency
@@ -167,6 +168,7 @@ def auto(
     candidates: Sequence[str | QuantScheme] | None = None,
     refine: Sequence[str] = ("gptq",),
     steps: int = 6,
+    analysis_batches: int = 1,
     progress: bool | None = None,
 ) -> AutoResult:
     """Search quantized versions of ``model`` for the smallest (``objective="size"``) or fastest
@@ -184,6 +186,8 @@ def auto(
             size, int8 static/dynamic/weight-only schemes for latency).
         refine: post-training algorithms tried at budgets RTN failed (``()`` to skip).
         steps: bisection steps per phase.
+        analysis_batches: calibration batches the sensitivity analysis runs on (it makes
+            one forward pass per layer and candidate: the search's largest fixed cost).
         progress: show the search (default: when attached to a terminal).
     """
     if objective not in OBJECTIVES:
@@ -201,7 +205,8 @@ def auto(
                disable=(not progress) if progress is not None else None)  # fmt: skip
     model = model.eval()
     baseline = float(evaluate(model))
-    report = analyze(model, batches, candidates, latency=objective == "latency", progress=progress)
+    report = analyze(model, PreparedBatches(batches[: max(1, analysis_batches)]), candidates,
+                     latency=objective == "latency", progress=progress)  # fmt: skip
     search = _Search(model, batches, evaluate, report, baseline - max_drop,
                      start + time_budget, bar, objective)  # fmt: skip
     float_cand = search.try_("float", dict.fromkeys(report.layers, FLOAT))

@@ -1,0 +1,113 @@
+"""``lowbit auto``: the accuracy-driven search from the command line.
+
+    lowbit auto --task digits --out auto-digits/                  the demo CNN, test accuracy
+    lowbit auto MODEL --weights W --calib X --evaluate mod:fn --out DIR
+
+``--evaluate`` names a function ``fn(model) -> float`` (higher is better), resolved like
+``MODEL``. The output directory receives the chosen model (``model/``, a lowbit artifact), its
+config (``config.json``), every candidate and the Pareto front (``auto.json``), the sensitivity
+table (``sensitivity.json``) and the two plots (``pareto.png``, ``sensitivity.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.errors import LowbitError
+from lowbit.search.auto import OBJECTIVES
+from lowbit.tasks import TASKS, train
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("auto", help="search the smallest/fastest model within --max-drop")
+    p.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
+    p.add_argument("--task", choices=sorted(TASKS), help="use a demo task instead of MODEL")
+    p.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
+    p.add_argument("--calib", help="calibration inputs [N, ...] for MODEL")
+    p.add_argument("--evaluate", help="'package.module:fn' or 'file.py:fn', fn(model) -> float")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-drop", type=float, default=0.01, help="absolute, in metric units")
+    p.add_argument("--objective", choices=OBJECTIVES, default="size")
+    p.add_argument("--time-budget", type=float, default=300.0, help="seconds (default 300)")
+    p.add_argument("--candidates", nargs="+", help="presets, most to fewest bits")
+    p.add_argument("--refine", nargs="*", default=["gptq"], help="algorithms at failed budgets")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_auto)
+
+
+def _task_setup(name: str, seed: int, batch: int):
+    task = TASKS[name]
+    split = task.load(seed=seed)
+    torch.manual_seed(seed)
+    model = train(task.make_model(), split, task.epochs, seed=seed)
+    calibration = list(split.x_train[: 4 * batch].split(batch))
+
+    def accuracy(m: nn.Module) -> float:
+        with torch.inference_mode():
+            return float((m(split.x_test).argmax(1) == split.y_test).float().mean())
+
+    return model, calibration, accuracy
+
+
+def _user_setup(args: argparse.Namespace):
+    from lowbit.cli import _single_tensor, load_factory, load_tensor_file
+
+    if not (args.model and args.calib and args.evaluate):
+        raise LowbitError("lowbit auto needs MODEL, --calib and --evaluate (or --task NAME)")
+    model = load_factory(args.model)()
+    if not isinstance(model, nn.Module):
+        raise LowbitError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
+    if args.weights:
+        state = load_tensor_file(args.weights)
+        if not isinstance(state, dict):
+            raise LowbitError(f"{args.weights} must hold a state dict")
+        model.load_state_dict(state)
+    data = _single_tensor(load_tensor_file(args.calib), args.calib)
+    return model, list(data.float().split(args.batch_size)), load_factory(args.evaluate)
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    if args.task and args.model:
+        raise LowbitError("give either MODEL or --task, not both")
+    if args.task:
+        print(f"training the {args.task} demo model (seed {args.seed})...", flush=True)
+        model, calibration, evaluate = _task_setup(args.task, args.seed, args.batch_size)
+    else:
+        model, calibration, evaluate = _user_setup(args)
+    result = lowbit.auto(
+        model,
+        calibration,
+        evaluate,
+        max_drop=args.max_drop,
+        objective=args.objective,
+        time_budget=args.time_budget,
+        candidates=args.candidates,
+        refine=tuple(args.refine or ()),
+        progress=True,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lowbit.save(result.model, out / "model")
+    if result.config is not None:
+        (out / "config.json").write_text(result.config.to_json(), encoding="utf-8")
+    result.save(out / "auto.json")
+    result.report.save(out / "sensitivity.json")
+    result.plot(out / "pareto.png")
+    result.report.plot(out / "sensitivity.png")
+    print(result.report.table())
+    print(result.table())
+    print(
+        f"chosen: {result.chosen.name}: metric {result.metric:.4f} (float "
+        f"{result.baseline_metric:.4f}, allowed drop {args.max_drop}), "
+        f"{result.chosen.bits_per_weight:.2f} bits/weight, {result.chosen.size_bytes:,} bytes; "
+        f"{len(result.candidates)} models tried in {result.seconds:.0f} s. Wrote {out}/"
+    )
+    return 0
