@@ -101,3 +101,44 @@ def test_bad_budgets_get_clear_errors(setup):
         allocate(report, max_latency_ms=1.0)
     alloc = allocate(report, bits_per_weight=32)  # everything fits: nothing needs quantizing
     assert set(alloc.choice.values()) == {FLOAT} and alloc.config is None
+
+
+def test_shared_modules_and_glob_characters_in_names_are_quantized_everywhere():
+    """A module under two names, and a ModuleDict key with glob characters: every name gets the
+    allocated scheme (none silently stays float)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            shared = nn.Linear(32, 32)
+            self.blocks = nn.ModuleList([shared, shared])
+            self.heads = nn.ModuleDict({"fc[a]": nn.Linear(32, 8)})
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = torch.relu(b(x))
+            return self.heads["fc[a]"](x)
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    report = analyze(model, [torch.randn(16, 32)], ["W8A16", "W4A16"], progress=False)
+    assert report.layers["blocks.0"].aliases == ("blocks.0", "blocks.1")
+    alloc = allocate(report, bits_per_weight=5.0, allow_float=False)
+    q = lowbit.quantize(model, alloc.config)
+    assert set(q.lowbit_record.layers) == {"blocks.0", "blocks.1", "heads.fc[a]"}
+    assert q.blocks[0] is q.blocks[1]  # still one module
+
+
+def test_analyze_refuses_ambiguous_or_unusable_candidates():
+    model = nn.Sequential(nn.Linear(16, 16))
+    cal = [torch.randn(4, 16)]
+    with pytest.raises(ConfigError, match="unique"):
+        analyze(model, cal, ["W4A16", "w4a16"])
+    with pytest.raises(ConfigError, match="preset name or a QuantScheme"):
+        analyze(model, cal, [lowbit.QuantConfig(lowbit.get_preset("W4A16"))])
+    with pytest.raises(ConfigError, match="weight error only"):
+        analyze(model, cal, ["W8A8"], method="hessian")
+    with pytest.raises(ConfigError, match="hessian_samples"):
+        analyze(model, cal, ["W8A16"], method="hessian", hessian_samples=0)
+    with pytest.raises(ConfigError, match="no candidate quantized any layer"):
+        analyze(nn.Sequential(nn.ReLU()), cal, ["W8A16"])

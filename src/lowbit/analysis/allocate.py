@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import glob
 from collections import Counter
 from dataclasses import dataclass
 
@@ -30,9 +31,13 @@ from lowbit.analysis.report import SensitivityReport
 from lowbit.config import QuantConfig, QuantScheme
 from lowbit.errors import ConfigError
 
-__all__ = ["Allocation", "allocate", "FLOAT"]
+__all__ = ["Allocation", "allocate", "to_config", "FLOAT", "InfeasibleBudget"]
 
 FLOAT = "float"
+
+
+class InfeasibleBudget(ConfigError):
+    """No allocation fits the budget (even every layer at its cheapest option)."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +77,24 @@ def _options(report: SensitivityReport, allow_float: bool, need_latency: bool):
     return opts
 
 
-def to_config(choice: dict[str, str], schemes: dict[str, QuantScheme]) -> QuantConfig | None:
+def to_config(
+    choice: dict[str, str], schemes: dict[str, QuantScheme], aliases: dict[str, tuple] | None = None
+) -> QuantConfig | None:
     """The :class:`QuantConfig` that applies ``choice``: the most common scheme as default, the
-    others as per-layer overrides, float layers left out of ``include``. None if all float."""
+    others as per-layer overrides, float layers left out of ``include``. None if all float.
+
+    Names are glob-escaped (a module may be called ``conv[3x3]``) and a module registered under
+    several names (``aliases``) is listed under each, so none of them stays float.
+    """
     quantized = {n: c for n, c in choice.items() if c != FLOAT}
     if not quantized:
         return None
     default = Counter(quantized.values()).most_common(1)[0][0]
-    overrides = tuple((n, schemes[c]) for n, c in quantized.items() if c != default)
-    return QuantConfig(schemes[default], include=tuple(quantized), overrides=overrides)
+    names = {n: [glob.escape(a) for a in ((aliases or {}).get(n) or (n,))] for n in quantized}
+    overrides = tuple((p, schemes[c]) for n, c in quantized.items() if c != default
+                      for p in names[n])  # fmt: skip
+    include = tuple(p for n in quantized for p in names[n])
+    return QuantConfig(schemes[default], include=include, overrides=overrides)
 
 
 def allocate(
@@ -118,10 +132,11 @@ def allocate(
     # scale to O(1) for the solver; a tiny size term breaks ties towards the smaller option
     size = np.array([o[3] for o in opts], float)
     cost = noise / max(noise.max(), 1e-30) + 1e-9 * size / max(size.max(), 1.0)
-    res = milp(cost, constraints=cons, integrality=np.ones(len(opts)), bounds=Bounds(0, 1))
+    res = milp(cost, constraints=cons, integrality=np.ones(len(opts)), bounds=Bounds(0, 1),
+               options={"mip_rel_gap": 0.0})  # exact: the default 1e-4 gap is not  # fmt: skip
     if res.x is None:
         smallest = sum(min(o[3] for o in opts if o[0] == n) for n in layers)
-        raise ConfigError(
+        raise InfeasibleBudget(
             f"no allocation fits the budget (solver: {res.message}); the smallest possible is "
             f"{smallest:,} bytes = {8 * smallest / n_weights:.3f} bits per weight"
         )
@@ -134,5 +149,9 @@ def allocate(
         weight_bytes=total_bytes,
         bits_per_weight=8 * total_bytes / n_weights,
         latency_ms=lat,
-        config=to_config({o[0]: o[1] for o in picked}, report.schemes),
+        config=to_config(
+            {o[0]: o[1] for o in picked},
+            report.schemes,
+            {n: i.aliases for n, i in report.layers.items()},
+        ),  # fmt: skip
     )

@@ -12,7 +12,8 @@ One double backward pass gives every layer's ``vᵀHv`` at once: cross-layer ter
 expectation because each layer draws its own ``v``.
 
 >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
->>> tr = hessian_traces(model, {"0": model[0], "2": model[2]}, [torch.randn(32, 8)], samples=8)
+>>> batches = [((torch.randn(32, 8),), {})]  # (args, kwargs) pairs, as materialize() gives
+>>> tr = hessian_traces(model, {"0": model[0], "2": model[2]}, batches, samples=8)
 >>> sorted(tr) == ["0", "2"] and all(v >= 0 for v in tr.values())
 True
 """

@@ -1,4 +1,4 @@
-"""PNG plots of the analysis and the search (matplotlib, headless ``Agg`` backend).
+"""PNG plots of the analysis and the search (matplotlib figures, no pyplot state).
 
 * :func:`plot_sensitivity`: per layer, the model-output SQNR with only that layer quantized,
   one bar per candidate (shorter bar = more sensitive layer).
@@ -20,13 +20,11 @@ if TYPE_CHECKING:
 __all__ = ["plot_sensitivity", "plot_pareto"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs):
+    """A figure outside pyplot: no global backend switch, nothing left open (Jupyter safe)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only: never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def _db(noise: float | None) -> float:
@@ -35,10 +33,10 @@ def _db(noise: float | None) -> float:
 
 def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike) -> Path:
     """Grouped horizontal bars: layers top to bottom in model order, dB per candidate."""
-    plt = _pyplot()
     layers, cands = list(report.layers), report.candidates
     height = 0.8 / len(cands)
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.18 * len(layers) * max(2, len(cands)) / 2))
+    fig = _figure(figsize=(9, 1.2 + 0.18 * len(layers) * max(2, len(cands)) / 2))
+    ax = fig.subplots()
     for k, cand in enumerate(cands):
         rows = [report.row(n, cand) for n in layers]
         ys = [i + (k - (len(cands) - 1) / 2) * height for i in range(len(layers))]
@@ -51,7 +49,7 @@ def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike) -> Path
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 
 def _front_2d(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -66,8 +64,8 @@ def _front_2d(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 def plot_pareto(result: AutoResult, path: str | os.PathLike) -> Path:
     """Two panels (metric vs size in KiB, metric vs latency in ms), one colour per kind."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    fig = _figure(figsize=(11, 4.5))
+    axes = fig.subplots(1, 2, sharey=True)
     kinds = {"float": "black", "uniform": "tab:blue", "mixed": "tab:orange", "+": "tab:green"}
     threshold = result.baseline_metric - result.max_drop
     for ax, attr, label in ((axes[0], "size_bytes", "size on disk (KiB, log)"),
@@ -101,7 +99,7 @@ def plot_pareto(result: AutoResult, path: str | os.PathLike) -> Path:
         f"lowbit.auto: {len(result.candidates)} models tried, objective {result.objective}"
     )
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _save(fig, path)
 
 
 def _kind(name: str) -> str:
@@ -116,9 +114,8 @@ def _legend(kind: str) -> str:
     return {"+": "mixed + error correction"}.get(kind, kind)
 
 
-def _save(fig, plt, path) -> Path:
+def _save(fig, path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

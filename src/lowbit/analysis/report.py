@@ -2,7 +2,7 @@
 
 Each row's ``noise`` is the *predicted relative output noise* the layer adds under that
 candidate, ``‖y − ỹ‖² / ‖y‖²`` — measured (``10^(−SQNR/10)``) or, with the Hessian method,
-estimated as ``2·Ω / mean(y²)`` from HAWQ-v2's ``Ω = Tr(H)/n · ‖ΔW‖²``. Noises of independent
+estimated as ``Ω / mean(y²)`` from HAWQ-v2's ``Ω = Tr(H)/n · ‖ΔW‖²``. Noises of independent
 layers add up, which is what makes bit allocation a knapsack problem (see
 :mod:`lowbit.analysis.allocate`).
 """
@@ -30,6 +30,7 @@ class LayerInfo:
     weights: int
     float_bytes: int
     float_latency_ms: float | None = None
+    aliases: tuple[str, ...] = ()  # every name the module is registered under (tied modules)
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,15 @@ class SensitivityReport:
         raise KeyError(f"no row for layer {layer!r} and candidate {candidate!r}")
 
     def ranking(self, candidate: str | None = None) -> list[str]:
-        """Layers from most to least sensitive (largest noise under ``candidate``, default: the
-        candidate with the fewest bits, i.e. the last one)."""
-        cand = candidate or self.candidates[-1]
-        noise = {r.layer: r.noise for r in self.rows if r.candidate == cand}
-        return sorted(self.layers, key=lambda n: -(noise.get(n) or 0.0))
+        """Layers from most to least sensitive: largest noise under ``candidate`` or, by
+        default (or where ``candidate`` cannot apply), under the fewest-bit candidate that does."""
+
+        def noise(name: str) -> float:
+            rows = [r for r in self.rows if r.layer == name and r.skipped is None]
+            pick = [r for r in rows if r.candidate == candidate] or rows[-1:]
+            return pick[0].noise if pick else 0.0
+
+        return sorted(self.layers, key=lambda n: -noise(n))
 
     def table(self) -> str:
         """One line per layer, one column per candidate: SQNR in dB (predicted for Hessian)."""
@@ -103,7 +108,7 @@ class SensitivityReport:
             "baseline_metric": self.baseline_metric,
             "seconds": self.seconds,
             "layers": [asdict(i) for i in self.layers.values()],
-            "rows": [asdict(r) for r in self.rows],
+            "rows": [_finite(asdict(r)) for r in self.rows],
             "hessian_traces": self.hessian_traces,
             "schemes": {k: v.to_dict() for k, v in self.schemes.items()},
         }
@@ -121,6 +126,11 @@ class SensitivityReport:
         from lowbit.analysis.plots import plot_sensitivity
 
         return plot_sensitivity(self, path)
+
+
+def _finite(row: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON has no Infinity: an exact layer's SQNR is written as null."""
+    return {k: None if isinstance(v, float) and math.isinf(v) else v for k, v in row.items()}
 
 
 def _db(noise: float | None) -> float:

@@ -32,11 +32,13 @@ from tqdm.auto import tqdm
 
 from lowbit.analysis.hessian import hessian_traces
 from lowbit.analysis.report import LayerInfo, LayerSensitivity, SensitivityReport
-from lowbit.config import QuantScheme
+from lowbit.config import QuantMode, QuantScheme
 from lowbit.errors import ConfigError
 from lowbit.measure.accuracy import sqnr_db
 from lowbit.measure.latency import measure_latency
 from lowbit.measure.size import layer_weight_bytes
+from lowbit.nn import is_quantizable
+from lowbit.presets import get_preset
 from lowbit.ptq.capture import call_model, materialize, run
 from lowbit.transforms.bn_fold import _get, _set, fold_batchnorm_
 
@@ -53,7 +55,8 @@ def _outputs(model: nn.Module, batches) -> torch.Tensor:
 
 
 def _label(candidate: str | QuantScheme) -> str:
-    return candidate if isinstance(candidate, str) else candidate.name
+    """The preset's own spelling (``"w4a16"`` -> ``"W4A16"``) or the scheme's name."""
+    return get_preset(candidate).name if isinstance(candidate, str) else candidate.name
 
 
 @contextmanager
@@ -73,8 +76,9 @@ def swapped(model: nn.Module, names: Sequence[str], module: nn.Module) -> Iterat
             _set(model, n, m)
 
 
-def _layer_inputs(model: nn.Module, modules: dict[str, nn.Module], batch) -> dict[str, Any]:
-    """``{name: (args, kwargs)}`` each layer received on ``batch`` (its first call)."""
+def _layer_inputs(model: nn.Module, modules: dict[str, nn.Module], batches) -> dict[str, Any]:
+    """``{name: (args, kwargs)}`` each layer first received, over as many batches as it takes
+    for every layer to be reached (a layer no batch reaches is absent)."""
     seen: dict[str, Any] = {}
     hooks = [
         m.register_forward_pre_hook(
@@ -84,16 +88,21 @@ def _layer_inputs(model: nn.Module, modules: dict[str, nn.Module], batch) -> dic
     ]
     try:
         with torch.no_grad():
-            call_model(model, batch)
+            for batch in batches:
+                call_model(model, batch)
+                if len(seen) == len(modules):
+                    break
     finally:
         for h in hooks:
             h.remove()
     return seen
 
 
-def _time(module: nn.Module, inputs: Any) -> float | None:
+def _time(module: nn.Module, inputs: Any) -> float:
+    """Median ms of the layer alone; 0 for a layer no calibration batch reaches (it costs
+    nothing on such inputs)."""
     if inputs is None:
-        return None
+        return 0.0
     args, kwargs = inputs
     return measure_latency(lambda: module(*args, **kwargs), warmup=2, min_time_s=0.05).median_ms
 
@@ -107,13 +116,31 @@ def _aliases(model: nn.Module, names: set[str]) -> dict[str, list[str]]:
     return {g[0]: g for g in groups.values()}
 
 
-def _check(candidates: Any, method: str) -> None:
+def _check(candidates: Any, method: str, hessian_samples: int) -> tuple[str, ...]:
+    """The candidates' labels, or a clear error for what cannot be analysed."""
     if not candidates or isinstance(candidates, str):
         raise ConfigError(
             "candidates must be a non-empty list of presets or schemes, e.g. ['W8A16', 'W4A16']"
         )
+    bad = [c for c in candidates if not isinstance(c, str | QuantScheme)]
+    if bad:
+        raise ConfigError(f"a candidate is a preset name or a QuantScheme, got {bad[0]!r}")
+    labels = tuple(_label(c) for c in candidates)
+    if len(set(labels)) < len(labels):
+        raise ConfigError(f"candidate names must be unique, got {list(labels)}")
     if method not in METHODS:
         raise ConfigError(f"unknown sensitivity method {method!r}; use one of {METHODS}")
+    if method == "hessian":
+        if hessian_samples < 1:
+            raise ConfigError(f"hessian_samples must be >= 1, got {hessian_samples}")
+        for c in candidates:
+            mode = get_preset(c).mode if isinstance(c, str) else c.mode
+            if mode in (QuantMode.STATIC, QuantMode.DYNAMIC):
+                raise ConfigError(
+                    f"method='hessian' sees weight error only; {_label(c)} also quantizes "
+                    "activations: use method='sqnr' for it"
+                )
+    return labels
 
 
 def analyze(
@@ -135,61 +162,64 @@ def analyze(
         candidates: presets or :class:`QuantScheme` s, most to fewest bits.
         evaluate: optional ``evaluate(model) -> float`` (higher is better); adds
             ``metric_delta`` per row at the cost of one evaluation per row.
-        method: ``"sqnr"`` (a forward pass per row) or ``"hessian"`` (Hutchinson estimate).
-        latency: also time each layer alone, float and quantized, on its first-batch input.
+        method: ``"sqnr"`` (a forward pass per row) or ``"hessian"`` (Hutchinson estimate;
+            weight error only, so weight-only candidates only).
+        latency: also time each layer alone, float and quantized, on the first input it gets.
         hessian_samples: Hutchinson probes per batch for ``method="hessian"``.
         progress: progress bar (default: when attached to a terminal).
     """
     import lowbit  # the package's quantize (this module is imported by it)
 
-    _check(candidates, method)
+    labels = _check(candidates, method, hessian_samples)
     start = time.perf_counter()
     batches = materialize(calibration)
     base = copy.deepcopy(model).eval()
     fold_batchnorm_(base)  # quantize folds BN too: compare like with like
     reference = _outputs(base, batches)
-    baseline = None if evaluate is None else float(evaluate(model))
-    labels = tuple(_label(c) for c in candidates)
-    quantized = {}
-    for cand, label in zip(candidates, labels, strict=True):
-        quantized[label] = lowbit.quantize(model, cand, calibration=batches, progress=False)
-    done = set().union(*(q.lowbit_record.layers for q in quantized.values()))
-    aliases = _aliases(base, done)
+    baseline = None if evaluate is None else float(evaluate(base))
+    every = {n for n, m in base.named_modules(remove_duplicate=False) if is_quantizable(m)}
+    aliases = _aliases(base, every)
     modules = {n: _get(base, n) if n else base for n in aliases}
-    layers = {n: LayerInfo(n, m.weight.numel(), layer_weight_bytes(m)) for n, m in modules.items()}
-    inputs = _layer_inputs(base, modules, batches[0]) if latency else {}
-    if latency:
-        layers = {n: LayerInfo(i.name, i.weights, i.float_bytes, _time(modules[n], inputs.get(n)))
-                  for n, i in layers.items()}  # fmt: skip
+    inputs = _layer_inputs(base, modules, batches) if latency else {}
     traces = hessian_traces(base, modules, batches, hessian_samples) if method == "hessian" else {}
     power = float(reference.pow(2).mean().clamp_min(1e-30))
-    rows = []
-    jobs = [(n, label) for n in aliases for label in labels]
-    bar = tqdm(jobs, desc="sensitivity", unit="run", leave=False,
+    found, schemes = {}, {}
+    bar = tqdm(total=len(aliases) * len(labels), desc="sensitivity", unit="run", leave=False,
                disable=(not progress) if progress is not None else None)  # fmt: skip
-    for name, label in bar:
-        record = quantized[label].lowbit_record
-        if name not in record.layers:
-            reason = record.skipped.get(name, "not quantized by this candidate")
-            rows.append(LayerSensitivity(name, label, None, skipped=reason))
-            continue
-        qm = _get(quantized[label], name) if name else quantized[label]
-        with swapped(base, aliases[name], qm) as mixed:
-            if method == "hessian":
-                dw = qm.dequantized_weight().float().reshape(-1) - modules[
-                    name
-                ].weight.detach().reshape(-1)
-                sqnr, noise = None, traces[name] * float(dw.pow(2).sum()) / power
-            else:
-                sqnr = sqnr_db(reference, _outputs(mixed, batches))
-                noise = 10.0 ** (-sqnr / 10.0)
-            delta = None if evaluate is None else float(evaluate(mixed)) - baseline
-            ms = (
-                _time(qm, _layer_inputs(mixed, {name: qm}, batches[0]).get(name))
-                if latency
-                else None
-            )
-        rows.append(LayerSensitivity(name, label, sqnr, noise, delta, layer_weight_bytes(qm), ms))
-    schemes = {label: quantized[label].lowbit_record.config.scheme for label in labels}
+    for cand, label in zip(candidates, labels, strict=True):  # one quantized copy at a time
+        q = lowbit.quantize(model, cand, calibration=batches, progress=False)
+        schemes[label] = q.lowbit_record.config.scheme
+        for name in aliases:
+            bar.update()
+            if name not in q.lowbit_record.layers:
+                reason = q.lowbit_record.skipped.get(name, "not quantized by this candidate")
+                found[name, label] = LayerSensitivity(name, label, None, skipped=reason)
+                continue
+            qm = _get(q, name) if name else q
+            with swapped(base, aliases[name], qm) as mixed:
+                if method == "hessian":
+                    dw = qm.dequantized_weight().float().reshape(-1) - modules[
+                        name
+                    ].weight.detach().reshape(-1)
+                    sqnr, noise = None, traces[name] * float(dw.pow(2).sum()) / power
+                else:
+                    sqnr = sqnr_db(reference, _outputs(mixed, batches))
+                    noise = 10.0 ** (-sqnr / 10.0)
+                delta = None if evaluate is None else float(evaluate(mixed)) - baseline
+            ms = _time(qm, inputs.get(name)) if latency else None
+            found[name, label] = LayerSensitivity(name, label, sqnr, noise, delta,
+                                                  layer_weight_bytes(qm), ms)  # fmt: skip
+        del q
+    bar.close()
+    names = [n for n in aliases if any(not found[n, lb].skipped for lb in labels)]
+    if not names:
+        raise ConfigError(
+            "no candidate quantized any layer of this model (supported: Linear, Conv1d, Conv2d, "
+            f"Embedding); reasons: {sorted({r.skipped for r in found.values()})[:3]}"
+        )
+    layers = {n: LayerInfo(n, modules[n].weight.numel(), layer_weight_bytes(modules[n]),
+                           _time(modules[n], inputs.get(n)) if latency else None,
+                           tuple(aliases[n])) for n in names}  # fmt: skip
+    rows = [found[n, lb] for n in names for lb in labels]
     return SensitivityReport(labels, layers, rows, method, baseline, traces,
                              round(time.perf_counter() - start, 3), schemes)  # fmt: skip

@@ -21,6 +21,7 @@ done); the model returned is the best passing one found (smallest on the objecti
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -30,12 +31,12 @@ from typing import Any
 from torch import nn
 from tqdm.auto import tqdm
 
-from lowbit.analysis.allocate import FLOAT, Allocation, allocate, to_config
+from lowbit.analysis.allocate import FLOAT, Allocation, InfeasibleBudget, allocate, to_config
 from lowbit.analysis.report import SensitivityReport
 from lowbit.analysis.sensitivity import DEFAULT_CANDIDATES, analyze
 from lowbit.calibrate import PreparedBatches
 from lowbit.config import QuantScheme
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, LowbitError
 from lowbit.measure.latency import measure_latency
 from lowbit.ptq.capture import call_model, materialize
 from lowbit.ptq.options import parse_algorithms
@@ -49,6 +50,11 @@ OBJECTIVES = ("size", "latency")
 LATENCY_CANDIDATES = ("W8A8", "W8A8-dynamic", "W8A16", "W4A16-g128", "W4A16")
 
 
+# A refinement step (GPTQ...) is assumed to cost this many RTN steps until one has been timed
+# (GPTQ on all-MiniLM-L6-v2 measured ~4x the RTN step).
+_UNTIMED_ALGORITHM_FACTOR = 4.0
+
+
 class _Search:
     """State of one search: the evaluated candidates, the clock, the progress display."""
 
@@ -57,13 +63,16 @@ class _Search:
         self.objective = objective
         self.report, self.threshold, self.deadline, self.bar = report, threshold, deadline, bar
         self.found: list[Candidate] = []
-        self.models: dict[str, nn.Module] = {}
+        self.kept: nn.Module | None = None  # the best model so far: one model in memory
         self.tried: set = set()
         self.start = time.perf_counter()
-        self.cost = 0.0  # longest evaluation so far: the next one is assumed to take as long
+        self.cost: dict[tuple, float] = {}  # longest step per algorithm set
 
-    def time_left(self) -> bool:
-        return time.perf_counter() + self.cost <= self.deadline
+    def time_left(self, algorithms: tuple[str, ...] = ()) -> bool:
+        """Whether a step with ``algorithms`` is expected to finish before the deadline."""
+        rtn = self.cost.get((), 0.0)
+        cost = self.cost.get(algorithms, rtn * _UNTIMED_ALGORITHM_FACTOR)
+        return time.perf_counter() + cost <= self.deadline
 
     def bits(self, choice: dict[str, str]) -> float:
         layers = self.report.layers
@@ -73,8 +82,10 @@ class _Search:
         )
         return 8 * nbytes / sum(i.weights for i in layers.values())
 
-    def try_(self, name: str, choice: dict[str, str], algorithms: tuple[str, ...] = ()):
-        """Quantize with ``choice``, evaluate, measure; None when already tried."""
+    def try_(self, name: str, choice: dict[str, str], algorithms: tuple[str, ...] = (),
+             metric: float | None = None) -> Candidate | None:  # fmt: skip
+        """Quantize with ``choice``, evaluate, measure; None when already tried or when
+        quantizing failed (logged: the search goes on with the other candidates)."""
         import lowbit
 
         key = (tuple(sorted(choice.items())), algorithms)
@@ -82,38 +93,51 @@ class _Search:
             return None
         self.tried.add(key)
         start = time.perf_counter()
-        config = to_config(choice, self.report.schemes)
-        if config is None:
-            qmodel = self.model
-        else:
+        aliases = {n: i.aliases for n, i in self.report.layers.items()}
+        config = to_config(choice, self.report.schemes, aliases)
+        qmodel = self.model
+        if config is not None:
             config = config.replace(algorithms=algorithms)
-            qmodel = lowbit.quantize(self.model, config, calibration=self.batches, progress=False)
-        metric = float(self.evaluate(qmodel))
+            try:
+                qmodel = lowbit.quantize(self.model, config, calibration=self.batches,
+                                         progress=False)  # fmt: skip
+            except LowbitError as exc:
+                log.warning("auto: %s could not be built, skipped: %s", name, exc)
+                return None
+        if metric is None:
+            metric = float(self.evaluate(qmodel))
         batch = self.batches[0]
-        lat = measure_latency(lambda: call_model(qmodel, batch), min_time_s=0.2).median_ms
+        lat = measure_latency(lambda: call_model(qmodel, batch), warmup=1, min_runs=3,
+                              min_time_s=0.2).median_ms  # fmt: skip
+        if any(c.name == name for c in self.found):
+            name = f"{name} #{len(self.found)}"  # names identify candidates: keep them unique
         cand = Candidate(name, metric, lowbit.model_size(qmodel), self.bits(choice), lat,
                          metric >= self.threshold, config, dict(choice),
                          time.perf_counter() - start)  # fmt: skip
         self.found.append(cand)
-        self.models[name] = qmodel
-        keep = self.best(self.objective).name  # hold one model in memory, not every candidate
-        self.models = {keep: self.models[keep]}
-        self.cost = max(self.cost, cand.seconds)
+        if self.best() is cand:
+            self.kept = qmodel
+        self.cost[algorithms] = max(self.cost.get(algorithms, 0.0), cand.seconds)
         log.info("auto: %s -> metric %.4f, %.2f bits/weight, %s", name, metric, cand.bits_per_weight,
                  "meets" if cand.meets else "fails")  # fmt: skip
         self._show()
         return cand
 
     def _show(self) -> None:
-        best = self.best(self.objective)
+        best = self.best()
         self.bar.set_postfix_str(f"{len(self.found)} tried; best {best.name} ({best.metric:.4f})")
         self.bar.n = round(min(time.perf_counter() - self.start, self.bar.total), 1)
         self.bar.refresh()
 
-    def best(self, objective: str) -> Candidate:
-        passing = [c for c in self.found if c.meets] or self.found
-        key = (lambda c: c.bits_per_weight) if objective == "size" else (lambda c: c.latency_ms)
-        return min(passing, key=lambda c: (key(c) if c.meets else 0.0, -c.metric))
+    def best(self) -> Candidate:
+        """The smallest (fastest) passing candidate; the most accurate if none passes."""
+        passing = [c for c in self.found if c.meets]
+        if not passing:
+            return max(self.found, key=lambda c: c.metric)
+        key = (
+            (lambda c: c.bits_per_weight) if self.objective == "size" else (lambda c: c.latency_ms)
+        )
+        return min(passing, key=lambda c: (key(c), -c.metric))
 
 
 def _allocate(report: SensitivityReport, objective: str, budget: float) -> Allocation | None:
@@ -121,7 +145,7 @@ def _allocate(report: SensitivityReport, objective: str, budget: float) -> Alloc
         if objective == "size":
             return allocate(report, bits_per_weight=budget)
         return allocate(report, max_latency_ms=budget)
-    except ConfigError:
+    except InfeasibleBudget:
         return None  # below the smallest feasible budget
 
 
@@ -137,7 +161,7 @@ def _bisect(search: _Search, objective: str, lo: float, hi: float, algorithms, s
     """Halve ``[lo, hi]``: a passing allocation lowers ``hi``, a failing budget raises ``lo``."""
     tag = "+".join(algorithms)
     for _ in range(steps):
-        if hi - lo <= 0.01 * hi or not search.time_left():
+        if hi - lo <= 0.01 * hi or not search.time_left(algorithms):
             return
         mid = (lo + hi) / 2
         alloc = _allocate(search.report, objective, mid)
@@ -181,7 +205,9 @@ def auto(
             ``max_drop`` is absolute in its units (0.01 = one point of a fraction).
         objective: ``"size"`` (bits per weight) or ``"latency"`` (per-layer latencies measured
             on this machine; the end-to-end latency of each candidate is reported too).
-        time_budget: seconds; the search stops before a step that would overrun it.
+        time_budget: seconds; the search stops before a step expected to overrun it. The
+            baseline, the analysis and the first uniform candidate always run (a warning says
+            when they alone overran).
         candidates: presets/schemes, most to fewest bits (default: a weight-only ladder for
             size, int8 static/dynamic/weight-only schemes for latency).
         refine: post-training algorithms tried at budgets RTN failed (``()`` to skip).
@@ -203,40 +229,40 @@ def auto(
         candidates = DEFAULT_CANDIDATES if objective == "size" else LATENCY_CANDIDATES
     bar = tqdm(total=round(time_budget, 1), desc="auto", unit="s", leave=False,
                disable=(not progress) if progress is not None else None)  # fmt: skip
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # the user's model keeps its mode and its weights
     baseline = float(evaluate(model))
     report = analyze(model, PreparedBatches(batches[: max(1, analysis_batches)]), candidates,
                      latency=objective == "latency", progress=progress)  # fmt: skip
     search = _Search(model, batches, evaluate, report, baseline - max_drop,
                      start + time_budget, bar, objective)  # fmt: skip
-    float_cand = search.try_("float", dict.fromkeys(report.layers, FLOAT))
-    for label in report.candidates:  # uniform, most bits first
-        if not search.time_left():
-            break
+    search.try_("float", dict.fromkeys(report.layers, FLOAT), metric=baseline)
+    for label in report.candidates:  # uniform, most bits first (at least one, whatever the time)
         choice = {n: FLOAT if report.row(n, label).skipped else label for n in report.layers}
+        if len(search.found) > 1 and not search.time_left():
+            break
         search.try_(f"uniform {label}", choice)
     passing = [c for c in search.found if c.meets]
-    hi = (
-        min(_spent(report, objective, c) for c in passing)
-        if passing
-        else _spent(report, objective, float_cand)
-    )
+    hi = min(_spent(report, objective, c) for c in passing)
     lo = _floor(report, objective)
     _bisect(search, objective, lo, hi, (), steps)
-    best = search.best(objective)
-    if refine and search.time_left():
-        _bisect(search, objective, lo, _spent(report, objective, best), refine, steps)
+    if refine:
+        _bisect(search, objective, lo, _spent(report, objective, search.best()), refine, steps)
     bar.close()
-    best = search.best(objective)
-    if not best.meets:  # cannot happen while float meets; kept for max_drop < float noise
-        warnings.warn(
-            "no candidate met the constraint; returning the most accurate one", stacklevel=2
-        )
-    if best.name == "float" and len(search.found) > 1:
+    best = search.best()
+    _warn(search, best, max_drop, time_budget, time.perf_counter() - start)
+    return AutoResult(search.kept, best.config, best.metric, baseline, best, search.found,
+                      report, objective, max_drop, time.perf_counter() - start)  # fmt: skip
+
+
+def _warn(search: _Search, best: Candidate, max_drop: float, budget: float, spent: float) -> None:
+    if spent > 1.2 * budget:
+        warnings.warn(f"lowbit.auto took {spent:.0f} s of a {budget:.0f} s budget: the analysis "
+                      "and the first uniform candidate always run", stacklevel=3)  # fmt: skip
+    if best.name != "float":
+        return
+    if not any(c.meets for c in search.found if c.name != "float"):
         warnings.warn(f"no quantized candidate stayed within max_drop={max_drop}: returning the "
-                      "float model; allow a larger max_drop, more time, or more bits", stacklevel=2)  # fmt: skip
-    return AutoResult(search.models[best.name], best.config, best.metric, baseline, best,
-                      search.found, report, objective, max_drop, time.perf_counter() - start)  # fmt: skip
+                      "float model; allow a larger max_drop, more time, or more bits", stacklevel=3)  # fmt: skip
 
 
 def _spent(report: SensitivityReport, objective: str, cand: Candidate) -> float:
