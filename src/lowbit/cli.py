@@ -97,7 +97,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     rows = run_demo(tasks=tuple(args.tasks), schemes=schemes, epochs=args.epochs, seed=args.seed)
     print(format_demo(rows))
     print(
-        "Post-training quantization only (round to nearest, no error correction). Sizes are "
+        "Post-training quantization: round to nearest unless a variant names an algorithm "
+        "(PRESET+algorithm); the 'auto' row is lowbit.auto's mixed-precision choice within 1 "
+        "point of float (selected on the first half of the test set, 60 s budget). Sizes are "
         "artifact bytes on disk; bits/weight counts codes, scales, zero points and codebooks of "
         "the quantized layers; 'float layers' are layers a scheme could not take (e.g. a group "
         "size that does not divide them). Latencies are medians for one batch of 256 test "

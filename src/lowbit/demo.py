@@ -35,15 +35,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+AUTO = "auto (<=1 pt drop)"
+
 # 16 down to 1 bit: casts, int8, uniform 4/3/2-bit, non-uniform grids, codebooks, ternary, binary;
 # then PTQ algorithms on top of the low-bit presets.
 DEMO_SCHEMES = (
     "FP16", "BF16", "W8A16", "W8A8", "W8A8-dynamic",
     "W4A16", "W4A16-g128", "W4A8", "NF4", "POT4", "KMEANS16",
-    "W3A16-g128", "W2A16-g64", "KMEANS4", "TERNARY", "BINARY",
+    "W3A16-g128", "W3A16", "W2A16-g64", "KMEANS4", "TERNARY", "BINARY",
     # post-training error correction (issue 5): "PRESET+algorithm+..." variants
     "W4A8+cle+bias_correction", "W4A8+adaround", "W3A8", "W3A8+cle+bias_correction",
     "W3A8+adaround", "W4A16+gptq", "W2A16-g64+gptq",
+    # mixed precision (issue 6): lowbit.auto, the smallest model within 1 point of float
+    AUTO,
 )  # fmt: skip
 
 
@@ -65,14 +69,27 @@ def run_task(
     float_row = _row(task_name, "float32", model, split, float_latency, float_latency)
     rows = [float_row]
     for scheme in tqdm(schemes, desc=f"{task_name}: schemes", leave=False):
-        preset, *algorithms = scheme.split("+")
-        qmodel = lowbit.quantize(model, preset, calibration=calibration,
-                                 algorithm=algorithms or None, progress=False)  # fmt: skip
+        if scheme in (AUTO, "auto"):
+            qmodel = _auto(model, calibration, split)
+        else:
+            preset, *algorithms = scheme.split("+")
+            qmodel = lowbit.quantize(model, preset, calibration=calibration,
+                                     algorithm=algorithms or None, progress=False)  # fmt: skip
         latency = measure_latency(lambda qm=qmodel: qm(batch), min_time_s=0.5)
         rows.append(_row(task_name, scheme, qmodel, split, latency, float_latency))
     for row in rows:
         row["compression"] = f"{float_row['size (bytes)'] / row['size (bytes)']:.2f}x"
     return rows
+
+
+def _auto(model: nn.Module, calibration, split: Split) -> nn.Module:
+    """``lowbit.auto`` selecting on the first half of the test set (a stand-in validation set:
+    the demo's tasks have no other held-out data), one minute at most."""
+    half = len(split.x_test) // 2
+    val = lambda m: top1_accuracy(m, split.x_test[:half], split.y_test[:half])  # noqa: E731
+    result = lowbit.auto(model, calibration, val, max_drop=0.01, time_budget=60, progress=False)
+    log.info("auto chose %s (%s)", result.chosen.name, result.config)
+    return result.model
 
 
 def run_demo(
