@@ -1,4 +1,4 @@
-"""Run every benchmark in turn (about 50 minutes on 2 cores) and print their tables.
+"""Run every benchmark in turn (about 60 minutes on 2 cores) and print their tables.
 
 Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Copy the output into RESULTS.md.
 """
@@ -18,6 +18,7 @@ SCRIPTS = [
     ["benchmarks.bench_grids"],
     ["benchmarks.bench_qat"],
     ["benchmarks.bench_ptq", "--seeds", "2"],
+    ["benchmarks.bench_auto", "--seeds", "2"],
 ]
 
 if __name__ == "__main__":

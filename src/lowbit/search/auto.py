@@ -53,6 +53,8 @@ LATENCY_CANDIDATES = ("W8A8", "W8A8-dynamic", "W8A16", "W4A16-g128", "W4A16")
 # A refinement step (GPTQ...) is assumed to cost this many RTN steps until one has been timed
 # (GPTQ on all-MiniLM-L6-v2 measured ~4x the RTN step).
 _UNTIMED_ALGORITHM_FACTOR = 4.0
+# Steps vary (a busy machine, a slower evaluate): start one only with this much headroom.
+_MARGIN = 1.25
 
 
 class _Search:
@@ -72,7 +74,7 @@ class _Search:
         """Whether a step with ``algorithms`` is expected to finish before the deadline."""
         rtn = self.cost.get((), 0.0)
         cost = self.cost.get(algorithms, rtn * _UNTIMED_ALGORITHM_FACTOR)
-        return time.perf_counter() + cost <= self.deadline
+        return time.perf_counter() + _MARGIN * cost <= self.deadline
 
     def bits(self, choice: dict[str, str]) -> float:
         layers = self.report.layers
