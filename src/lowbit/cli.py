@@ -34,7 +34,7 @@ from lowbit.ptq import ALGORITHMS
 from lowbit.search.cli import add_parser as add_auto_parser
 from lowbit.tasks import TASKS
 
-__all__ = ["main", "load_factory", "load_tensor_file"]
+__all__ = ["main", "load_factory", "load_model", "load_tensor_file"]
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
@@ -114,15 +114,21 @@ def _cmd_presets(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_quantize(args: argparse.Namespace) -> int:
-    model = load_factory(args.model)()
+def load_model(spec: str, weights: str | None) -> nn.Module:
+    """The float model ``spec`` builds, with the state dict in ``weights`` when given."""
+    model = load_factory(spec)()
     if not isinstance(model, nn.Module):
-        raise LowbitError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
-    if args.weights:
-        state = load_tensor_file(args.weights)
+        raise LowbitError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    if weights:
+        state = load_tensor_file(weights)
         if not isinstance(state, dict):
-            raise LowbitError(f"{args.weights} must hold a state dict")
+            raise LowbitError(f"{weights} must hold a state dict")
         model.load_state_dict(state)
+    return model
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.weights)
     calibration = None
     if args.calib:
         data = _single_tensor(load_tensor_file(args.calib), args.calib)

@@ -58,18 +58,11 @@ def _task_setup(name: str, seed: int, batch: int):
 
 
 def _user_setup(args: argparse.Namespace):
-    from lowbit.cli import _single_tensor, load_factory, load_tensor_file
+    from lowbit.cli import _single_tensor, load_factory, load_model, load_tensor_file
 
     if not (args.model and args.calib and args.evaluate):
         raise LowbitError("lowbit auto needs MODEL, --calib and --evaluate (or --task NAME)")
-    model = load_factory(args.model)()
-    if not isinstance(model, nn.Module):
-        raise LowbitError(f"{args.model} returned {type(model).__name__}, not an nn.Module")
-    if args.weights:
-        state = load_tensor_file(args.weights)
-        if not isinstance(state, dict):
-            raise LowbitError(f"{args.weights} must hold a state dict")
-        model.load_state_dict(state)
+    model = load_model(args.model, args.weights)
     data = _single_tensor(load_tensor_file(args.calib), args.calib)
     return model, list(data.float().split(args.batch_size)), load_factory(args.evaluate)
 
