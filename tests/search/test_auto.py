@@ -104,3 +104,13 @@ def test_bad_input_gets_clear_errors(problem):
         lowbit.auto(model, [], agreement)
     with pytest.raises(ConfigError, match="unknown"):
         lowbit.auto(model, cal, agreement, refine=("gptqq",))
+
+
+def test_latency_objective_uses_measured_layer_latencies(problem):
+    model, cal, agreement = problem
+    res = lowbit.auto(model, cal, agreement, objective="latency", time_budget=60,
+                      candidates=["W8A8-dynamic", "W8A16"], refine=(), progress=False)  # fmt: skip
+    assert res.objective == "latency" and res.meets
+    assert all(i.float_latency_ms > 0 for i in res.report.layers.values())
+    passing = [c for c in res.candidates if c.meets]
+    assert res.chosen.latency_ms == min(c.latency_ms for c in passing)
