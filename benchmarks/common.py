@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import platform
-from datetime import date
-
-import torch
-
 from lowbit.measure import measure_latency
+from lowbit.measure.machine import describe_machine
 
 
 def machine() -> str:
     """One line describing where the numbers were taken."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-        flags = open("/proc/cpuinfo").read()
-        isa = [f for f in ("avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
-    except OSError:
-        isa = []
-    return (
-        f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
-        f"{'/'.join(isa) or 'no AVX-512 VNNI/BF16'}, torch {torch.__version__}, "
-        f"{date.today().isoformat()}"
-    )
+    return describe_machine()
 
 
 def time_pair(float_fn, quant_fn, min_time_s: float = 1.0, rounds: int = 3):

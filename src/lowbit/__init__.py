@@ -22,6 +22,7 @@ from lowbit.errors import (
 from lowbit.presets import PRESETS, get_preset, preset_names
 from lowbit.ptq import ALGORITHMS, PTQOptions
 from lowbit.quantize import QuantizationRecord, quantize
+from lowbit.report import Report, report
 from lowbit.search import AutoResult, auto
 from lowbit.serialization import artifact_size, load, model_size, save
 
@@ -32,6 +33,8 @@ __all__ = [
     "analyze",
     "allocate",
     "auto",
+    "report",
+    "Report",
     "AutoResult",
     "save",
     "load",

@@ -1,0 +1,6 @@
+"""The measured report: every scheme on the user's model, as Markdown, HTML and JSON."""
+
+from lowbit.report.build import DEFAULT_SCHEMES, GROUPS, report
+from lowbit.report.result import Report
+
+__all__ = ["report", "Report", "DEFAULT_SCHEMES", "GROUPS"]
