@@ -52,8 +52,12 @@ def test_summary_table_lines_tasks_up_side_by_side():
     assert "-1.00" in text and "-0.50" in text
 
 
-def test_cli_demo_takes_tasks_and_schemes(capsys):
-    assert main(["demo", "--tasks", "digits", "--schemes", "W8A16", "--epochs", "2"]) == 0
+def test_cli_demo_takes_tasks_and_schemes(capsys, tmp_path):
+    out = tmp_path / "report"
+    args = ["demo", "--tasks", "digits", "--schemes", "W8A16", "--epochs", "2", "--out", str(out)]
+    assert main(args) == 0
+    for name in ("report.md", "report.html", "report.json"):  # the demo ends with the report
+        assert (out / name).stat().st_size > 1000
     out = capsys.readouterr().out
     assert "W8A16" in out and "mnist1d" not in out.split("\n", 1)[1]
 

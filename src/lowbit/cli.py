@@ -5,6 +5,8 @@
     lowbit quantize MODEL --scheme W8A8 --calib DATA --out DIR [--weights FILE]
     lowbit auto (--task NAME | MODEL --calib DATA --evaluate FN) --out DIR
                                                   smallest model within --max-drop of float
+    lowbit report (--task NAME | MODEL --calib DATA --evaluate FN) --out DIR
+                                                  every scheme measured: Markdown, HTML, JSON
     lowbit info DIR                               describe a saved artifact
 
 ``MODEL`` names a factory that builds the float architecture: ``package.module:function`` or
@@ -31,6 +33,7 @@ from torch import nn
 import lowbit
 from lowbit.errors import LowbitError
 from lowbit.ptq import ALGORITHMS
+from lowbit.report.cli import add_parser as add_report_parser
 from lowbit.search.cli import add_parser as add_auto_parser
 from lowbit.tasks import TASKS
 
@@ -105,6 +108,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "size that does not divide them). Latencies are medians for one batch of 256 test "
         "inputs, timed in this run against the float32 model."
     )
+    if args.out:
+        from lowbit.report.cli import write_report
+
+        out = write_report("digits", args.out, seed=args.seed)
+        print(f"\nThe measured report for the digits CNN: {out}/report.md, report.html, "
+              "report.json (every table, the plots, the machine and versions).")  # fmt: skip
     return 0
 
 
@@ -180,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (task default)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", default="lowbit-demo-report",
+                      help="where to write the digits CNN's report ('' to skip)")  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
     sub.add_parser("presets", help="list preset schemes").set_defaults(func=_cmd_presets)
     q = sub.add_parser("quantize", help="quantize a saved PyTorch model")
@@ -198,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="output artifact directory")
     q.set_defaults(func=_cmd_quantize)
     add_auto_parser(sub)
+    add_report_parser(sub)
     info = sub.add_parser("info", help="describe a saved artifact")
     info.add_argument("artifact")
     info.set_defaults(func=_cmd_info)

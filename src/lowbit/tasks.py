@@ -27,6 +27,8 @@ __all__ = [
     "load_digits_split",
     "load_mnist1d_split",
     "train",
+    "Problem",
+    "task_problem",
 ]
 
 
@@ -145,3 +147,32 @@ TASKS = {
     "digits": Task("digits", DigitsCNN, load_digits_split, epochs=12),
     "mnist1d": Task("mnist1d", MNIST1DCNN, load_mnist1d_split, epochs=20),
 }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A trained demo model with what the measuring tools need: calibration batches, an
+    ``evaluate(model) -> float`` (test top-1), training batches and the data split."""
+
+    model: nn.Module
+    calibration: list[torch.Tensor]
+    evaluate: Callable[[nn.Module], float]
+    train_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    split: Split
+
+
+def task_problem(name: str, seed: int = 0, batch: int = 128) -> Problem:
+    """Train ``TASKS[name]`` (seconds) and wrap it as a :class:`Problem`."""
+    from lowbit.measure.accuracy import top1_accuracy
+
+    task = TASKS[name]
+    split = task.load(seed=seed)
+    torch.manual_seed(seed)
+    model = train(task.make_model(), split, task.epochs, seed=seed)
+    return Problem(
+        model=model,
+        calibration=list(split.x_train[: 4 * batch].split(batch)),
+        evaluate=lambda m: top1_accuracy(m, split.x_test, split.y_test),
+        train_batches=list(zip(split.x_train.split(64), split.y_train.split(64), strict=True)),
+        split=split,
+    )

@@ -18,15 +18,23 @@ def accuracy_vs_size(rep: Report, path: Path) -> Path:
     fig = _figure(figsize=(8, 4.5))
     ax = fig.subplots()
     pts = [(r["size_bytes"] / 1024, r["metric"], r["variant"]) for r in rep.rows]
-    ax.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3)
-    for x, y, name in pts:
-        ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    front = _front_2d([(p[0], p[1]) for p in pts])
+    ref = pts[0][1]
+    floor = ref - max(0.05 * abs(ref), 1e-3)  # zoom on the useful range; say what fell below
+    shown = [p for p in pts if p[1] >= floor]
+    below = [p[2] for p in pts if p[1] < floor]
+    ax.scatter([p[0] for p in shown], [p[1] for p in shown], zorder=3)
+    front = _front_2d([(p[0], p[1]) for p in shown])
+    for x, y, name in shown:  # label the front and float32; the tables have the rest
+        if (x, y) in front or name == "float32":
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.step(*zip(*front, strict=True), where="post", color="gray", alpha=0.6, label="Pareto front")
+    if below:
+        ax.set_title(f"Accuracy vs size (below the plot: {', '.join(below)})", fontsize=9)
     ax.set_xscale("log")
     ax.set_xlabel("size on disk (KiB, log)")
     ax.set_ylabel(rep.meta["metric"])
-    ax.set_title("Accuracy vs size")
+    if not below:
+        ax.set_title("Accuracy vs size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -81,7 +89,11 @@ def histogram(rep: Report, path: Path) -> Path:
             for v in r["grid"]:
                 ax.axvline(v, color="tab:red", lw=0.8, alpha=0.8)
             ax.set_ylabel(r["variant"], fontsize=8)
-    axes[-1].set_xlabel(f"weights of row 0 of {rep.meta.get('histogram_layer')} (red: grid)")
+    axes[-1].set_xlabel(
+        f"weights of row 0 of {rep.meta.get('histogram_layer')} (red: the values "
+        "the format can store there; group-wise formats: one scale per group, "
+        "so several grids)"
+    )
     fig.suptitle("Weight histogram and the 4-bit grids")
     fig.tight_layout()
     return _save(fig, path)

@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-from torch import nn
-
 import lowbit
 from lowbit.errors import LowbitError
 from lowbit.search.auto import OBJECTIVES
-from lowbit.tasks import TASKS, train
+from lowbit.tasks import TASKS, task_problem
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "user_problem"]
 
 
 def add_parser(sub) -> None:
@@ -43,21 +40,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_auto)
 
 
-def _task_setup(name: str, seed: int, batch: int):
-    task = TASKS[name]
-    split = task.load(seed=seed)
-    torch.manual_seed(seed)
-    model = train(task.make_model(), split, task.epochs, seed=seed)
-    calibration = list(split.x_train[: 4 * batch].split(batch))
-
-    def accuracy(m: nn.Module) -> float:
-        with torch.inference_mode():
-            return float((m(split.x_test).argmax(1) == split.y_test).float().mean())
-
-    return model, calibration, accuracy
-
-
-def _user_setup(args: argparse.Namespace):
+def user_problem(args: argparse.Namespace):
+    """(model, calibration batches, evaluate) from MODEL, --weights, --calib, --evaluate."""
     from lowbit.cli import _single_tensor, load_factory, load_model, load_tensor_file
 
     if not (args.model and args.calib and args.evaluate):
@@ -72,9 +56,10 @@ def cmd_auto(args: argparse.Namespace) -> int:
         raise LowbitError("give either MODEL or --task, not both")
     if args.task:
         print(f"training the {args.task} demo model (seed {args.seed})...", flush=True)
-        model, calibration, evaluate = _task_setup(args.task, args.seed, args.batch_size)
+        p = task_problem(args.task, args.seed, args.batch_size)
+        model, calibration, evaluate = p.model, p.calibration, p.evaluate
     else:
-        model, calibration, evaluate = _user_setup(args)
+        model, calibration, evaluate = user_problem(args)
     result = lowbit.auto(
         model,
         calibration,

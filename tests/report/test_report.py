@@ -1,0 +1,139 @@
+"""lowbit.report: the numbers are consistent with the files and with each other."""
+
+import json
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.errors import ConfigError
+from lowbit.measure import layer_weight_bytes
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    x = torch.randn(256, 64)
+    labels = model(x).argmax(1)
+    evaluate = lambda m: float((m(x).argmax(1) == labels).float().mean())  # noqa: E731
+    train = [(x[i : i + 64], labels[i : i + 64]) for i in range(0, 256, 64)]
+    rep = lowbit.report(model, calibration=[x[:64], x[64:128]], evaluate=evaluate,
+                        schemes=["FP16", "W8A8", "W4A16", "NF4", "W4A8", "W4A8+gptq"],
+                        train=train, qat_epochs=1, min_time_s=0.05, progress=False)  # fmt: skip
+    return model, x, rep
+
+
+def _table(rep, title):
+    return next(t for t in rep.tables() if t[0].startswith(title))
+
+
+def test_sizes_come_from_the_saved_files(setup):
+    model, x, rep = setup
+    assert rep.float_row["size_bytes"] == lowbit.model_size(model)
+    q = lowbit.quantize(model, "W4A16")
+    assert rep.row("W4A16")["size_bytes"] == lowbit.model_size(q)
+    _title, _cols, rows, _note = _table(rep, "Size and compression")
+    by = {r["variant"]: r for r in rows}
+    expected = rep.float_row["size_bytes"] / rep.row("W4A16")["size_bytes"]
+    assert by["W4A16"]["compression"] == f"{expected:.2f}x"
+
+
+def test_16_bit_weights_are_exactly_half_of_32_bit(setup):
+    model, _x, rep = setup
+    fp16 = rep.row("FP16")
+    assert fp16["bits_per_weight"] == 16.0
+    q = lowbit.quantize(model, "FP16")
+    for name in ("0", "2"):
+        assert 2 * layer_weight_bytes(q.get_submodule(name)) == layer_weight_bytes(model[int(name)])
+    parts, fparts = fp16["energy_est_parts_uj"], rep.float_row["energy_est_parts_uj"]
+    assert parts["weights"] * 2 == pytest.approx(fparts["weights"], rel=1e-12)
+
+
+def test_speed_ups_are_ratios_of_the_same_runs_numbers(setup):
+    _model, _x, rep = setup
+    _title, _cols, rows, _note = _table(rep, "Latency")
+    for row in rows:
+        raw = rep.row(row["variant"])
+        assert row["speed-up"] == f"{rep.float_row['latency_bn_ms'] / raw['latency_bn_ms']:.2f}x"
+        assert row["speed-up b1"] == f"{rep.float_row['latency_b1_ms'] / raw['latency_b1_ms']:.2f}x"
+
+
+def test_energy_estimate_ranks_integer_below_float(setup):
+    _model, _x, rep = setup
+    f, w8a8, fp16 = rep.float_row, rep.row("W8A8"), rep.row("FP16")
+    assert w8a8["energy_est_uj"] < fp16["energy_est_uj"] < f["energy_est_uj"]
+    # MACs are counted, not guessed: 64*128 + 128*10 per sample, 64 samples, fp32 (3.7 + 0.9 pJ)
+    assert f["energy_est_parts_uj"]["compute"] == pytest.approx(64 * (64 * 128 + 128 * 10) * 4.6e-6)
+
+
+def test_training_rows_and_qat_next_to_ptq(setup):
+    _model, _x, rep = setup
+    assert [t["training"] for t in rep.training][:2] == ["float32", "bf16 autocast"]
+    assert all(t["seconds_per_epoch"] > 0 for t in rep.training)
+    _title, _cols, rows, _note = _table(rep, "Techniques")
+    assert [r["variant"] for r in rows] == ["float32", "W4A8", "W4A8+gptq", "W4A8 QAT"]
+
+
+def test_outputs_are_self_contained_and_traceable(setup, tmp_path):
+    _model, _x, rep = setup
+    out = rep.save(tmp_path)
+    page = (out / "report.html").read_text()
+    assert page.count("<table>") == len(rep.tables())
+    srcs = re.findall(r"src='([^']*)'", page)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    data = json.loads((out / "report.json").read_text())
+    assert data["meta"]["machine"]["torch"] == torch.__version__
+    assert {"date", "cpu", "isa", "python"} <= set(data["meta"]["machine"])
+    assert data["meta"]["schemes"] == ["FP16", "W8A8", "W4A16", "NF4", "W4A8", "W4A8+gptq"]
+    assert [r["variant"] for r in data["rows"]][0] == "float32"
+    md = (out / "report.md").read_text()
+    assert "## Energy per inference (estimate)" in md and "Horowitz" in md
+    for png in ("accuracy_vs_size", "latency", "layer_error", "weight_histogram"):
+        assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_input_gets_clear_errors(setup):
+    model, x, _rep = setup
+    ok = lambda m: 1.0  # noqa: E731
+    with pytest.raises(ConfigError, match="non-empty list"):
+        lowbit.report(model, calibration=[x], evaluate=ok, schemes=[])
+    with pytest.raises(ConfigError, match="evaluate must be a function"):
+        lowbit.report(model, calibration=[x], evaluate=None)
+    with pytest.raises(ConfigError, match="train is empty"):
+        lowbit.report(model, calibration=[x], evaluate=ok, schemes=["FP16"], train=[],
+                      min_time_s=0.01)  # fmt: skip
+    with pytest.raises(lowbit.UnknownPresetError):
+        lowbit.report(model, calibration=[x], evaluate=ok, schemes=["W9A9"], min_time_s=0.01)
+    with pytest.raises(lowbit.CalibrationError):
+        lowbit.report(model, calibration=[], evaluate=ok)
+
+
+def test_report_command_refreshes_the_readme_section(tmp_path, capsys):
+    from lowbit.cli import main
+    from lowbit.report.cli import END, START
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n\n{START}\nold numbers\n{END}\n\nafter\n")
+    assert main(["report", "--task", "digits", "--out", str(tmp_path / "r"),
+                 "--readme", str(readme)]) == 0  # fmt: skip
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# x\n\nbefore")
+    assert text.rstrip().endswith("after") and "#### Size and compression per precision" in text
+    assert (
+        main(
+            [
+                "report",
+                "--task",
+                "digits",
+                "--out",
+                str(tmp_path / "r2"),
+                "--readme",
+                str(tmp_path / "r" / "report.md"),
+            ]
+        )
+        == 2
+    )  # no markers: clear error
+    assert "no '<!-- lowbit-report:start -->'" in capsys.readouterr().err
