@@ -137,3 +137,15 @@ def test_report_command_refreshes_the_readme_section(tmp_path, capsys):
         == 2
     )  # no markers: clear error
     assert "no '<!-- lowbit-report:start -->'" in capsys.readouterr().err
+
+
+def test_a_model_with_an_embedding_table_under_cast_and_integer_schemes():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Flatten(), nn.Linear(64, 4)).eval()
+    ids = torch.randint(0, 50, (32, 4))
+    ref = model(ids)
+    cos = lambda m: float(nn.functional.cosine_similarity(m(ids), ref).mean())  # noqa: E731
+    rep = lowbit.report(model, calibration=[ids], evaluate=cos, schemes=["FP16", "W4A16"],
+                        min_time_s=0.02, progress=False)  # fmt: skip
+    assert rep.row("FP16")["layer_sqnr_db"]["0"] > 60  # the table is stored in fp16
+    assert 10 < rep.row("W4A16")["layer_sqnr_db"]["0"] < 40

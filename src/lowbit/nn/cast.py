@@ -21,6 +21,7 @@ from torch import nn
 from lowbit.config import QuantScheme
 from lowbit.errors import InvalidModelError
 from lowbit.formats import get_format
+from lowbit.kernels import cpu
 from lowbit.kernels.reference import CONV_FN
 from lowbit.nn.base import QuantModule, check_finite
 
@@ -48,7 +49,10 @@ class CastLayer(QuantModule):
             None if b is None else nn.Parameter(b.detach().to(self.dtype), requires_grad=False)
         )
         self.in_features = module.weight.shape[1] * (1 if self.is_linear else module.groups)
-        self.kernel = f"{scheme.compute_dtype} {'matmul' if self.is_linear else 'conv'}"
+        op = "matmul" if self.is_linear else "conv"
+        self.kernel = f"{scheme.compute_dtype} {op}"
+        if self.dtype is torch.bfloat16 and not cpu.native_bf16():
+            self.kernel = f"fp32 {op} on upcast bf16 weights (bf16 is not native on this CPU)"
         if self.dtype is torch.float16:
             self.kernel = "fp16 GEMV for <=4 rows, else fp32 compute on upcast weights"
 
@@ -80,7 +84,9 @@ class CastLayer(QuantModule):
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         if self.dtype is torch.bfloat16:
-            return torch.bfloat16
+            # bf16 storage; compute in bf16 only where the CPU does it natively (emulated bf16
+            # GEMMs measured ~8-10x slower than fp32 on an AVX2-only EPYC)
+            return torch.bfloat16 if cpu.native_bf16() else torch.float32
         rows = x.numel() // x.shape[-1] if self.is_linear else _FP16_NATIVE_MAX_ROWS + 1
         return torch.float16 if rows <= _FP16_NATIVE_MAX_ROWS else torch.float32
 

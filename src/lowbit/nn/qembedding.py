@@ -108,6 +108,12 @@ class QuantEmbedding(QuantModule):
         qweight = placeholder_weight((v, d), scheme.weight)
         return cls(v, d, float_module.padding_idx, scheme, qweight, None)
 
+    def dequantized_weight(self) -> torch.Tensor:
+        """The table as float32: dequantized codes, or the stored fp16/bf16 values."""
+        if "weight" in self._parameters:
+            return self.weight.detach().float()
+        return super().dequantized_weight()
+
     def _prepare(self) -> None:
         if self.scheme.mode is QuantMode.CAST:
             return

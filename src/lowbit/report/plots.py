@@ -60,7 +60,7 @@ def latency(rep: Report, path: Path) -> Path:
 
 
 def layer_error(rep: Report, path: Path) -> Path:
-    fig = _figure(figsize=(9, 4.5))
+    fig = _figure(figsize=(10, 4.5))
     ax = fig.subplots()
     layers = list(rep.float_row["layer_sqnr_db"])
     for r in rep.rows[1:]:
@@ -72,7 +72,7 @@ def layer_error(rep: Report, path: Path) -> Path:
     ax.set_ylabel("weight SQNR, dB (capped at 80)")
     ax.set_title("Per-layer weight error (higher is better; gaps: layer kept in float)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=3)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return _save(fig, path)
 
