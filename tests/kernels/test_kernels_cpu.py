@@ -56,6 +56,24 @@ def test_int8_matmul_extremes_do_not_saturate() -> None:
     assert torch.equal(cpu.int8_matmul(qx, qw, fast=False), expected)
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+@pytest.mark.parametrize("k", [511, 512, 513, 1500, 4100])
+def test_both_int8_gemm_paths_are_exact_at_the_worst_case(monkeypatch, vnni: bool, k: int) -> None:
+    """The fp32 path (CPUs without VNNI) sums K in chunks of 512: exact even when every product
+    is the largest uint8 x int8 one and K spans several chunks."""
+    monkeypatch.setattr(cpu, "has_vnni", lambda: vnni)
+    worst = torch.full((2, k), 255, dtype=torch.uint8).view(torch.uint8)
+    qw = torch.full((3, k), -128, dtype=torch.int8)
+    expected = torch.full((2, 3), -255 * 128 * k, dtype=torch.int32)
+    if vnni:  # _int_mm takes int8 x int8 only
+        worst = torch.full((2, k), -128, dtype=torch.int8)
+        expected = torch.full((2, 3), 128 * 128 * k, dtype=torch.int32)
+    assert torch.equal(cpu.int8_matmul(worst, qw), expected)
+    g = _gen(k)
+    qx, qw = _int8((7, k), g), _int8((9, k), g)
+    assert torch.equal(cpu.int8_matmul(qx, qw), cpu.int8_matmul(qx, qw, fast=False))
+
+
 def test_int8_matmul_reference_small_example() -> None:
     qx = torch.tensor([[1, -2]], dtype=torch.int8)
     qw = torch.tensor([[3, 4]], dtype=torch.int8)

@@ -31,6 +31,7 @@ __all__ = [
     "dequant_dtype",
     "quantize_dynamic_int8",
     "int8_matmul",
+    "has_vnni",
     "dequantize_accumulator",
     "quantize_static",
     "weight_int8_matmul",
@@ -160,11 +161,40 @@ _ONE = torch.ones(1, 1)
 _ZERO = torch.zeros(1)
 
 
+@functools.cache
+def has_vnni() -> bool:
+    """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), which
+    ``torch._int_mm`` needs to be fast: without them it measured 30x slower than an fp32 GEMM
+    (AMD EPYC, AVX2 only: 1280x384 @ 384x1536 in 250 ms vs 8.4 ms). Unknown (no
+    /proc/cpuinfo): assumed present."""
+    try:
+        words = set(open("/proc/cpuinfo", encoding="utf-8").read().split())
+    except OSError:
+        return True
+    return bool(words & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+# An fp32 GEMM of 8-bit integers is exact while every partial sum stays below 2^24:
+# 512 products of at most 255 * 128 sum to 16,711,680 < 16,777,216.
+_EXACT_FP32_CHUNK = 512
+
+
 def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.Tensor:
-    """``acc = qx @ qw.T`` in int32 for int8 ``qx [M, K]`` and ``qw [N, K]``."""
-    if fast:
+    """``acc = qx @ qw.T`` in int32 for int8 (or uint8) ``qx [M, K]`` and int8 ``qw [N, K]``.
+
+    With VNNI: ``torch._int_mm``. Without it: fp32 GEMMs over chunks of K, each exact (see
+    ``_EXACT_FP32_CHUNK``), summed in int32; the same integers, ~30x faster there.
+    """
+    if not fast:
+        return reference.int8_matmul_ref(qx, qw)
+    if has_vnni():
         return torch._int_mm(qx, qw.t())
-    return reference.int8_matmul_ref(qx, qw)
+    acc = None
+    for k in range(0, qx.shape[1], _EXACT_FP32_CHUNK):
+        xs, ws = qx[:, k : k + _EXACT_FP32_CHUNK], qw[:, k : k + _EXACT_FP32_CHUNK]
+        part = (xs.float() @ ws.float().t()).to(torch.int32)
+        acc = part if acc is None else acc.add_(part)
+    return acc
 
 
 WEIGHT_ONLY_DEQUANT_MIN_ROWS = 160

@@ -168,7 +168,8 @@ class QuantLinear(QuantModule):
             self._fast = False
             self._fallback("int8 GEMM takes weights with one symmetric scale per output channel")
             return
-        self.kernel = f"aten._int_mm (int8 x int8 -> int32{self._expansion_note(int8)})"
+        gemm = "aten._int_mm" if cpu.has_vnni() else "exact fp32 GEMM on the int8 codes (no VNNI)"
+        self.kernel = f"{gemm} (int8 x int8 -> int32{self._expansion_note(int8)})"
         if not cpu.has_int_mm():
             self._fast = False
             self._fallback("torch._int_mm is not available in this torch build")
