@@ -220,6 +220,23 @@ def test_prepack_placeholder_activation_qparams_do_not_change_results() -> None:
     assert torch.equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize(("cin", "groups", "k"), [(16, 1, 3), (64, 1, 3), (600, 1, 1),
+                                                  (32, 32, 3), (1200, 2, 1)])  # fmt: skip
+def test_fp32_int8_conv_is_exact_at_the_worst_case(cin, groups, k):
+    """Every product at its largest (|x - zx| = 255, |w| = 128) and > 512 terms per output."""
+    qx = torch.full((1, cin, 5, 5), 255, dtype=torch.uint8)
+    out = 2 * groups if groups > 1 else 4
+    qw = torch.full((out, cin // groups, k, k), -128, dtype=torch.int8)
+    args = ((1, 1), (k // 2, k // 2), (1, 1), groups)
+    exact = cpu.int8_conv_fp32(qx, 0, qw, *args)
+    assert torch.equal(exact, reference.int8_conv_ref(qx, 0, qw, *args))
+    g = _gen(cin)
+    qx = torch.randint(0, 256, (2, cin, 5, 5), dtype=torch.uint8, generator=g)
+    qw = _int8((out, cin // groups, k, k), g)
+    assert torch.equal(cpu.int8_conv_fp32(qx, 37, qw, *args),
+                       reference.int8_conv_ref(qx, 37, qw, *args))  # fmt: skip
+
+
 def test_conv_layers_never_use_a_saturating_int8_conv():
     import lowbit
 
@@ -228,7 +245,7 @@ def test_conv_layers_never_use_a_saturating_int8_conv():
     if cpu.onednn_qconv_exact():
         assert q.kernel.startswith("onednn")
     else:
-        assert q.kernel.startswith("reference") and "saturates" in q.kernel
+        assert q.kernel.startswith("exact fp32 conv") and "saturates" in q.kernel
     x = torch.rand(2, 16, 6, 6) * 10
     y = conv(x)
     assert float((q(x) - y).pow(2).sum() / y.pow(2).sum()) < 1e-3

@@ -32,6 +32,7 @@ __all__ = [
     "quantize_dynamic_int8",
     "int8_matmul",
     "has_vnni",
+    "int8_conv_fp32",
     "dequantize_accumulator",
     "quantize_static",
     "weight_int8_matmul",
@@ -194,6 +195,30 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.
         xs, ws = qx[:, k : k + _EXACT_FP32_CHUNK], qw[:, k : k + _EXACT_FP32_CHUNK]
         part = (xs.float() @ ws.float().t()).to(torch.int32)
         acc = part if acc is None else acc.add_(part)
+    return acc
+
+
+def int8_conv_fp32(
+    qx: torch.Tensor, x_zero_point: int, qw: torch.Tensor, stride, padding, dilation, groups: int
+) -> torch.Tensor:
+    """``conv(qx - zx, qw)`` exactly, from fp32 convolutions (float64 result holding integers).
+
+    For CPUs where oneDNN's int8 conv is unusable (no VNNI). Each output sums at most 512
+    products of |x - zx| <= 255 and |w| <= 128 per fp32 conv, below 2^24, so every partial sum
+    is exact; wider reductions (``groups == 1``) are split over input channels. Grouped convs
+    with more than 512 terms per output use the float64 reference.
+    """
+    conv = reference.CONV_FN[qw.dim() - 2]
+    x, w = qx.float() - float(x_zero_point), qw.float()
+    if qw[0].numel() <= _EXACT_FP32_CHUNK:
+        return conv(x, w, None, stride, padding, dilation, groups).double()
+    if groups != 1:
+        return reference.int8_conv_ref(qx, x_zero_point, qw, stride, padding, dilation, groups)
+    step = max(1, _EXACT_FP32_CHUNK // qw[0, 0].numel())
+    acc = None
+    for c in range(0, qw.shape[1], step):
+        part = conv(x[:, c : c + step], w[:, c : c + step], None, stride, padding, dilation, 1)
+        acc = part.double() if acc is None else acc.add_(part.double())
     return acc
 
 

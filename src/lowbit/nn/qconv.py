@@ -94,7 +94,7 @@ class QuantConv(QuantModule):
 
     def _prepare(self) -> None:
         mode = self.scheme.mode
-        self._fast = True
+        self._fast, self._exact_fp32 = True, None
         if mode is QuantMode.WEIGHT_ONLY:
             dt = "bf16" if cpu.native_bf16() else "fp32 (bf16 is not native on this CPU)"
             self.kernel = f"dequantize + {dt} conv (no fused weight-only int8 conv in torch)"
@@ -111,11 +111,11 @@ class QuantConv(QuantModule):
             self._fast = False
             self._fallback("oneDNN int8 convolution is not in this torch build")
         elif not cpu.onednn_qconv_exact():
+            # oneDNN's int8 conv saturates here (no VNNI: its int16 pair sums overflow); the
+            # same integers come exactly from fp32 convs over <= 512-term chunks
             self._fast = False
-            self._fallback(
-                "oneDNN's int8 convolution saturates on this CPU (no VNNI: its int16 pair sums "
-                "overflow), so the exact reference path is used"
-            )
+            self._exact_fp32 = int8[:2]
+            self.kernel = "exact fp32 conv on the int8 codes (oneDNN int8 conv saturates: no VNNI)"
         else:
             w_int8, self._w_scale, _sqnr = int8
             if w_int8 is not self.qweight:
@@ -180,6 +180,13 @@ class QuantConv(QuantModule):
                 self.dilation,
                 self.groups,
             )
+        elif self._exact_fp32 is not None:
+            w_int8, w_scale = self._exact_fp32
+            acc = cpu.int8_conv_fp32(qx, zp, w_int8, self.stride, self.padding, self.dilation,
+                                     self.groups)  # fmt: skip
+            shape = [1, -1] + [1] * self.dims
+            y = acc * (w_scale.double() * scale).reshape(shape)
+            y = (y if self.bias is None else y + self.bias.double().reshape(shape)).float()
         else:
             y = self._conv_reference(qx, scale, zp)
         return y.to(x.dtype)
