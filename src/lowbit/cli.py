@@ -111,8 +111,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.out:
         from lowbit.report.cli import write_report
 
-        out = write_report("digits", args.out, seed=args.seed)
-        print(f"\nThe measured report for the digits CNN: {out}/report.md, report.html, "
+        task = args.tasks[0]  # the demo's first task (digits by default)
+        out = write_report(task, args.out, seed=args.seed)
+        print(f"\nThe measured report for the {task} CNN: {out}/report.md, report.html, "
               "report.json (every table, the plots, the machine and versions).")  # fmt: skip
     return 0
 
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (task default)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="lowbit-demo-report",
-                      help="where to write the digits CNN's report ('' to skip)")  # fmt: skip
+                      help="where to write the first task's report ('' to skip)")  # fmt: skip
     demo.set_defaults(func=_cmd_demo)
     sub.add_parser("presets", help="list preset schemes").set_defaults(func=_cmd_presets)
     q = sub.add_parser("quantize", help="quantize a saved PyTorch model")

@@ -90,7 +90,7 @@ def test_outputs_are_self_contained_and_traceable(setup, tmp_path):
     assert data["meta"]["schemes"] == ["FP16", "W8A8", "W4A16", "NF4", "W4A8", "W4A8+gptq"]
     assert [r["variant"] for r in data["rows"]][0] == "float32"
     md = (out / "report.md").read_text()
-    assert "## Energy per inference (estimate)" in md and "Horowitz" in md
+    assert "## Energy per batch of 64 (estimate)" in md and "Horowitz" in md
     for png in ("accuracy_vs_size", "latency", "layer_error", "weight_histogram"):
         assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -121,7 +121,8 @@ def test_report_command_refreshes_the_readme_section(tmp_path, capsys):
                  "--readme", str(readme)]) == 0  # fmt: skip
     text = readme.read_text()
     assert "old numbers" not in text and text.startswith("# x\n\nbefore")
-    assert text.rstrip().endswith("after") and "#### Size and compression per precision" in text
+    assert text.rstrip().endswith("after")
+    assert "\n#### Size and compression per precision\n" in text
     assert (
         main(
             [
@@ -136,7 +137,10 @@ def test_report_command_refreshes_the_readme_section(tmp_path, capsys):
         )
         == 2
     )  # no markers: clear error
-    assert "no '<!-- lowbit-report:start -->'" in capsys.readouterr().err
+    assert "needs one line '<!-- lowbit-report:start -->'" in capsys.readouterr().err
+    readme.write_text(f"{END}\n{START}\n")  # markers in the wrong order: refused up front
+    assert main(["report", "--task", "digits", "--out", str(tmp_path / "r3"),
+                 "--readme", str(readme)]) == 2  # fmt: skip
 
 
 def test_a_model_with_an_embedding_table_under_cast_and_integer_schemes():
@@ -149,3 +153,22 @@ def test_a_model_with_an_embedding_table_under_cast_and_integer_schemes():
                         min_time_s=0.02, progress=False)  # fmt: skip
     assert rep.row("FP16")["layer_sqnr_db"]["0"] > 60  # the table is stored in fp16
     assert 10 < rep.row("W4A16")["layer_sqnr_db"]["0"] < 40
+
+
+def test_batch_one_cuts_batch_tensors_only():
+    from lowbit.report.build import _slice
+
+    ids, mask = torch.zeros(8, 5), torch.ones(5, 5)  # a [L, L] mask is not per sample
+    args, kwargs = _slice(((ids, [ids, 3]), {"mask": mask, "x": {"y": ids}}), 1)
+    assert args[0].shape == (1, 5) and args[1][0].shape == (1, 5) and args[1][1] == 3
+    assert kwargs["mask"].shape == (5, 5) and kwargs["x"]["y"].shape == (1, 5)
+    with pytest.raises(ConfigError, match="tensors"):
+        _slice(((3,), {}), 1)
+
+
+def test_rescaled_variants_report_no_weight_error(setup):
+    model, x, _rep = setup
+    rep = lowbit.report(model, calibration=[x[:64]], evaluate=lambda m: 1.0,
+                        schemes=["W4A8+cle", "W4A8"], min_time_s=0.01, progress=False)  # fmt: skip
+    assert set(rep.row("W4A8+cle")["layer_sqnr_db"].values()) == {None}  # CLE rescales weights
+    assert all(v > 10 for v in rep.row("W4A8")["layer_sqnr_db"].values())

@@ -101,11 +101,14 @@ class CastLayer(QuantModule):
                 f"CastLayer expects [batch, {self.in_features}, *{self.dims} spatial "
                 f"dims] inputs, got shape {list(x.shape)}"
             )
-        cd = self._compute_dtype(x)
+        cd, out_dtype = self._compute_dtype(x), x.dtype
+        emulated = self.dtype is torch.bfloat16 and cd is torch.float32
+        if emulated:  # round inputs (and outputs, below) to bf16: the numerics of a bf16 CPU
+            x = x.to(torch.bfloat16)
         w = self.weight.to(cd)
         b = None if self.bias is None else self.bias.to(cd)
         if self.is_linear:
             y = nn.functional.linear(x.to(cd), w, b)
         else:
             y = CONV_FN[self.dims](x.to(cd), w, b, *self.conv_args)
-        return y.to(x.dtype)
+        return (y.to(torch.bfloat16) if emulated else y).to(out_dtype)

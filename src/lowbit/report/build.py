@@ -44,14 +44,33 @@ GROUPS = {
     "4-bit formats": ("W4A16", "NF4", "POT4", "KMEANS16"),
     "techniques": ("W4A8", "W4A8+cle+bias_correction", "W4A8+gptq", "W4A8 QAT"),
 }  # fmt: skip
+_RESCALERS = {"cle", "smoothquant", "awq"}
 DEFAULT_SCHEMES = tuple(dict.fromkeys(s for g in GROUPS.values() for s in g if "QAT" not in s))
 
 
+def _batch_size(batch: tuple[tuple, dict]) -> int:
+    tensors = [t for t in _tensors(batch) if t.dim()]
+    if not tensors:
+        raise ConfigError("report needs calibration batches holding tensors [batch, ...]")
+    return int(tensors[0].shape[0])
+
+
 def _slice(batch: tuple[tuple, dict], n: int) -> tuple[tuple, dict]:
-    """The first ``n`` samples of a batch (every tensor cut along dim 0)."""
-    cut = lambda v: v[:n] if isinstance(v, torch.Tensor) and v.dim() else v  # noqa: E731
+    """The first ``n`` samples of a batch: tensors whose dim 0 is the batch size are cut (in
+    lists, tuples and dicts too); others (masks, constants) are kept whole."""
+    size = _batch_size(batch)
+
+    def cut(v):
+        if isinstance(v, torch.Tensor):
+            return v[:n] if v.dim() and v.shape[0] == size else v
+        if isinstance(v, list | tuple):
+            return type(v)(cut(x) for x in v)
+        if isinstance(v, dict):
+            return {k: cut(x) for k, x in v.items()}
+        return v
+
     args, kwargs = batch
-    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+    return cut(tuple(args)), cut(dict(kwargs))
 
 
 def _precision(module: nn.Module) -> tuple[str, int]:
@@ -100,7 +119,7 @@ class _Measurer:
         latn, rapl = _timed(lambda: call_model(qmodel, self.big), self.min_time_s)
         layers = dict(qmodel.named_modules())
         prec = {n: _precision(layers[n]) for n in self.ops}
-        wbytes = {n: layer_weight_bytes(layers[n]) for n in self.ops}
+        wbytes = {n: self._weight_traffic(layers[n], n) for n in self.ops}
         energy = estimate_energy_pj(self.ops, {n: p[0] for n, p in prec.items()}, wbytes,
                                     {n: p[1] for n, p in prec.items()})  # fmt: skip
         return {
@@ -113,10 +132,17 @@ class _Measurer:
             "energy_est_uj": energy["total"] / 1e6,
             "energy_est_parts_uj": {k: v / 1e6 for k, v in energy.items()},
             "energy_rapl_uj": rapl,
-            "layer_sqnr_db": self._layer_sqnr(layers),
+            "layer_sqnr_db": self._layer_sqnr(layers, qmodel),
             "grid": self._grid(layers),
             "quantize_s": seconds,
         }
+
+    def _weight_traffic(self, module: nn.Module, name: str) -> float:
+        """Weight bytes read for one batch: the whole matrix, or only the gathered rows of an
+        embedding table (``ids x row bytes``)."""
+        nbytes = layer_weight_bytes(module)
+        rows = getattr(module, "num_embeddings", None)
+        return nbytes if rows is None else nbytes / rows * self.ops[name].in_elements
 
     def _grid(self, layers: dict[str, nn.Module]) -> list[float] | None:
         """The distinct values row 0 of the largest layer can take (its quantization grid)."""
@@ -126,7 +152,12 @@ class _Measurer:
         row = deq().float().reshape(self.float_weights[self.largest].shape[0], -1)[0]
         return sorted({round(float(v), 6) for v in row.unique()[:4096]})
 
-    def _layer_sqnr(self, layers: dict[str, nn.Module]) -> dict[str, float | None]:
+    def _layer_sqnr(self, layers: dict[str, nn.Module], qmodel) -> dict[str, float | None]:
+        """Weight SQNR per layer; None for float layers, and for every layer of a variant whose
+        algorithms rescale weights on purpose (CLE, SmoothQuant, AWQ): not an error there."""
+        record = getattr(qmodel, "lowbit_record", None)
+        if record is not None and set(record.config.algorithms) & _RESCALERS:
+            return dict.fromkeys(self.float_weights)
         out = {}
         for n, w in self.float_weights.items():
             deq = getattr(layers.get(n), "dequantized_weight", None)
@@ -136,6 +167,18 @@ class _Measurer:
             err = (deq().float().reshape(w.shape) - w).pow(2).sum().clamp_min(1e-30)
             out[n] = float(10 * torch.log10(w.pow(2).sum() / err))
         return out
+
+
+def _check_variants(schemes: Sequence[str]) -> None:
+    """Every preset and algorithm name, before minutes of measuring."""
+    from lowbit.presets import get_preset
+    from lowbit.ptq.options import parse_algorithms
+
+    for name in schemes:
+        preset, *algorithms = name.split("+")
+        get_preset(preset)
+        if algorithms:
+            parse_algorithms(algorithms)
 
 
 def _variant(model, name: str, batches) -> nn.Module:
@@ -202,9 +245,12 @@ def report(
     """
     if not callable(evaluate):
         raise ConfigError("evaluate must be a function: evaluate(model) -> float, higher is better")
-    schemes = tuple(DEFAULT_SCHEMES if schemes is None else schemes)
-    if isinstance(schemes, str) or not schemes:
+    if isinstance(schemes, str) or (schemes is not None and not schemes):
         raise ConfigError("schemes must be a non-empty list, e.g. ['W8A8', 'W4A16']")
+    schemes = tuple(DEFAULT_SCHEMES if schemes is None else schemes)
+    _check_variants(schemes)
+    if train_epochs < 1 or qat_epochs < 1:
+        raise ConfigError("train_epochs and qat_epochs must be >= 1")
     start = time.perf_counter()
     batches = materialize(calibration)
     model = copy.deepcopy(model).eval()
@@ -223,7 +269,7 @@ def report(
         "metric": metric_name,
         "schemes": list(schemes),
         "calibration_batches": len(batches),
-        "batch_size": int(next(t for t in _tensors(batches[0])).shape[0]),
+        "batch_size": _batch_size(batches[0]),
         "parameters": sum(p.numel() for p in model.parameters()),
         "machine": machine_info(),
         "energy_source": SOURCE,
@@ -236,6 +282,17 @@ def report(
     return Report(rows=rows, training=training, meta=meta, groups=GROUPS, weights_row=hist)
 
 
-def _tensors(batch):
+def _tensors(batch) -> list[torch.Tensor]:
+    """Every tensor in a batch, nested lists/tuples/dicts included."""
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            return [v]
+        if isinstance(v, list | tuple):
+            return [t for x in v for t in walk(x)]
+        if isinstance(v, dict):
+            return [t for x in v.values() for t in walk(x)]
+        return []
+
     args, kwargs = batch
-    return [t for t in list(args) + list(kwargs.values()) if isinstance(t, torch.Tensor)]
+    return walk(list(args)) + walk(dict(kwargs))

@@ -53,8 +53,13 @@ def _check_markers(path: Path) -> str:
     if not path.is_file():
         raise LowbitError(f"{path} does not exist")
     text = path.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise LowbitError(f"{path} has no '{START}' ... '{END}' section to refresh")
+    starts = re.findall(rf"^{re.escape(START)}$", text, flags=re.M)
+    ends = re.findall(rf"^{re.escape(END)}$", text, flags=re.M)
+    if len(starts) != 1 or len(ends) != 1 or text.index(START) > text.index(END):
+        raise LowbitError(
+            f"{path} needs one line '{START}' followed by one line '{END}' (each alone on its "
+            "line) around the section to refresh"
+        )
     return text
 
 
@@ -63,9 +68,9 @@ def update_readme(readme: str | Path, report_md: str) -> None:
     path = Path(readme)
     text = _check_markers(path)
     body = re.sub(r"^# .*\n", "", report_md, count=1)
-    body = re.sub(r"^(#+) ", r"#\1## ", body, flags=re.M)  # ## -> #### inside the README
+    body = re.sub(r"^(#+) ", r"##\1 ", body, flags=re.M)  # ## -> #### inside the README
     body = re.sub(r"!\[[^\]]*\]\([^)]*\)\n*", "", body)  # plots live in the HTML
-    head, rest = text.split(START, 1)
+    head, rest = text.split(f"{START}\n", 1)
     path.write_text(
         f"{head}{START}\n{body.strip()}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,19 +64,23 @@ class Report:
         energy = [{"variant": r["variant"], "estimate µJ": f"{r['energy_est_uj']:.2f}",
                    "compute µJ": f"{r['energy_est_parts_uj']['compute']:.2f}",
                    "weights µJ": f"{r['energy_est_parts_uj']['weights']:.2f}",
-                   "vs float32": ratio(r["energy_est_uj"], f["energy_est_uj"]),
+                   "variant / float32": ratio(r["energy_est_uj"], f["energy_est_uj"]),
                    "measured (RAPL) µJ": "n/a" if r["energy_rapl_uj"] is None
                    else f"{r['energy_rapl_uj']:.0f}"} for r in self.rows]  # fmt: skip
         tech = [{"variant": r["variant"], m: f"{r['metric']:.4f}",
                  "change": f"{r['metric'] - f['metric']:+.4f}",
                  "quantize s": f"{r['quantize_s']:.1f}"} for r in self._in("techniques")]  # fmt: skip
+        fours = self._in("4-bit formats")
+        common = [n for n in f["layer_sqnr_db"]
+                  if all(r["layer_sqnr_db"].get(n) is not None for r in fours[1:])]  # fmt: skip
         four = [{"variant": r["variant"], "kind": _kind(r["variant"]), m: f"{r['metric']:.4f}",
                  "bits/weight": f"{r['bits_per_weight']:.2f}",
-                 "median layer SQNR dB": _median_sqnr(r)} for r in self._in("4-bit formats")]  # fmt: skip
+                 "float layers": sum(v is None for v in r["layer_sqnr_db"].values()),
+                 "median layer SQNR dB": _median_sqnr(r, common)} for r in fours]  # fmt: skip
         trade = [{"variant": r["variant"], "compression": ratio(f["size_bytes"], r["size_bytes"]),
                   "change": f"{r['metric'] - f['metric']:+.4f}",
                   "speed-up": ratio(f["latency_bn_ms"], r["latency_bn_ms"]),
-                  "energy est.": ratio(r["energy_est_uj"], f["energy_est_uj"])}
+                  "energy est. (variant / float32)": ratio(r["energy_est_uj"], f["energy_est_uj"])}
                  for r in self.rows]  # fmt: skip
         out: list[Table] = [
             ("Size and compression per precision", ["variant", "bits/weight", "size KiB",
@@ -85,15 +90,17 @@ class Report:
              "Through the user's evaluate function; change = variant − float32."),
             ("Latency", list(lat[0]), lat,
              "Medians of repeated runs, float32 timed in the same run; speed-up = float / variant."),
-            ("Energy per inference (estimate)", list(energy[0]), energy,
-             f"Estimate for one batch of {self.meta['batch_size']}: counted MACs x per-op energy "
-             f"by precision + weight bytes from DRAM + activation bytes from SRAM; source: "
+            (f"Energy per batch of {self.meta['batch_size']} (estimate)", list(energy[0]), energy,
+             "Counted MACs of the Linear/Conv layers x per-op energy by precision + weight bytes "
+             "read from DRAM (embeddings: the gathered rows) + activation bytes from SRAM; other "
+             "ops (attention products, norms) are not counted; lower is better; source: "
              f"{self.meta['energy_source']}. Measured: RAPL package energy per call where "
              "readable."),
             (f"Techniques at 4 bits ({m})", ["variant", m, "change", "quantize s"], tech,
              "Post-training algorithms on W4A8 (and QAT when training data was given)."),
             ("Uniform vs non-uniform vs k-means at 4 bits", list(four[0]), four,
-             "Median over layers of the weight SQNR (stored vs float weights)."),
+             "Median weight SQNR (stored vs float weights) over the layers every format here "
+             "quantizes; bits/weight counts quantized layers only."),
             ("Trade-offs", list(trade[0]), trade, "Every variant on the four axes, from the rows above."),
         ]  # fmt: skip
         if self.training:
@@ -112,7 +119,7 @@ class Report:
                 "weights_row": self.weights_row}  # fmt: skip
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, default=float)
+        return json.dumps(_finite(self.to_dict()), indent=1, default=float, allow_nan=False)
 
     def to_markdown(self, plots: dict[str, str] | None = None) -> str:
         from lowbit.measure.table import format_table
@@ -156,13 +163,26 @@ class Report:
         return out
 
 
+def _finite(v: Any) -> Any:
+    """Strict JSON: non-finite floats (an all-zero layer's SQNR) become null."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
 def _kind(variant: str) -> str:
     return {"W4A16": "uniform", "NF4": "quantile (normal float)", "POT4": "powers of two",
             "KMEANS16": "k-means codebook", "float32": "float"}.get(variant, "")  # fmt: skip
 
 
-def _median_sqnr(row: dict[str, Any]) -> str:
-    vals = sorted(v for v in row["layer_sqnr_db"].values() if v is not None)
+def _median_sqnr(row: dict[str, Any], layers: list[str]) -> str:
+    vals = sorted(
+        row["layer_sqnr_db"][n] for n in layers if row["layer_sqnr_db"].get(n) is not None
+    )
     return f"{vals[len(vals) // 2]:.1f}" if vals else "float"
 
 
