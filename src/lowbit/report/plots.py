@@ -90,9 +90,10 @@ def histogram(rep: Report, path: Path) -> Path:
                 ax.axvline(v, color="tab:red", lw=0.8, alpha=0.8)
             ax.set_ylabel(r["variant"], fontsize=8)
     axes[-1].set_xlabel(
-        f"weights of row 0 of {rep.meta.get('histogram_layer')} (red: the values "
-        "the format can store there; group-wise formats: one scale per group, "
-        "so several grids)"
+        f"weights of row 0 of {rep.meta.get('histogram_layer')}\n(red: the values "
+        "the format can store there; group-wise formats have one scale per group, "
+        "so several grids)",
+        fontsize=8,
     )
     fig.suptitle("Weight histogram and the 4-bit grids")
     fig.tight_layout()
