@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from lowbit.analysis import allocate, analyze
 from lowbit.config import QuantConfig, QuantMode, QuantScheme, TensorQuantSpec
+from lowbit.deploy import BenchResult, SlowdownWarning, bench
 from lowbit.errors import (
     ArtifactError,
     CalibrationError,
@@ -19,6 +20,7 @@ from lowbit.errors import (
     UnknownPresetError,
     UnsupportedLayerError,
 )
+from lowbit.export import export_onnx
 from lowbit.presets import PRESETS, get_preset, preset_names
 from lowbit.ptq import ALGORITHMS, PTQOptions
 from lowbit.quantize import QuantizationRecord, quantize
@@ -34,6 +36,10 @@ __all__ = [
     "allocate",
     "auto",
     "report",
+    "export_onnx",
+    "bench",
+    "BenchResult",
+    "SlowdownWarning",
     "Report",
     "AutoResult",
     "save",

@@ -7,6 +7,8 @@
                                                   smallest model within --max-drop of float
     lowbit report (--task NAME | MODEL --calib DATA --evaluate FN) --out DIR
                                                   every scheme measured: Markdown, HTML, JSON
+    lowbit bench (--task NAME | MODEL --calib DATA) [--schemes ...]
+                                                  float vs quantized speed, PyTorch and ONNX Runtime
     lowbit info DIR                               describe a saved artifact
 
 ``MODEL`` names a factory that builds the float architecture: ``package.module:function`` or
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 import lowbit
+from lowbit.deploy.cli import add_parser as add_bench_parser
 from lowbit.errors import LowbitError
 from lowbit.ptq import ALGORITHMS
 from lowbit.report.cli import add_parser as add_report_parser
@@ -211,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_quantize)
     add_auto_parser(sub)
     add_report_parser(sub)
+    add_bench_parser(sub)
     info = sub.add_parser("info", help="describe a saved artifact")
     info.add_argument("artifact")
     info.set_defaults(func=_cmd_info)

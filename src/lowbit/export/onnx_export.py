@@ -96,6 +96,7 @@ def export_onnx(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = True,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
     requantize_conv_outputs: bool = True,
 ) -> OnnxExport:
     """Write ``model`` (quantized by lowbit, or float) to ``path`` as ONNX.
@@ -103,7 +104,9 @@ def export_onnx(
     ``example_inputs``: one batch (a tensor or a tuple of the forward's positional tensors).
     ``calibration``: batches to measure the ranges of static conv outputs on, which ONNX Runtime
     needs to run those convs as ``QLinearConv`` (default: ``example_inputs`` alone, with a
-    warning that one batch is a thin sample). The file is written atomically.
+    warning that one batch is a thin sample). ``dynamic_axes``: torch's ``{name: {axis: label}}``
+    (default: the batch axis of every input and output, if ``dynamic_batch``). The file is
+    written atomically: an existing file at ``path`` is replaced only by a complete export.
     """
     args = _as_tuple(example_inputs)
     path = Path(path)
@@ -112,7 +115,9 @@ def export_onnx(
     n_in = len(args)
     input_names = list(input_names or [f"input_{i}" if n_in > 1 else "input" for i in range(n_in)])
     output_names = list(output_names or ["output"])
-    axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
+    axes = dynamic_axes
+    if axes is None and dynamic_batch:
+        axes = {n: {0: "batch"} for n in (*input_names, *output_names)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -120,7 +125,7 @@ def export_onnx(
         with _swapped(model) as (twin, layers):
             _torch_export(twin, args, tmp, input_names, output_names, axes, layers)
         requantized: list[str] = []
-        if requantize_conv_outputs:
+        if requantize_conv_outputs and any(v.startswith("QDQ Conv") for v in layers.values()):
             from lowbit.export.requant import requantize_conv_outputs as _requant
 
             batches = _calibration_feeds(calibration, args, input_names)

@@ -1,11 +1,14 @@
-"""Quantized outputs for static convolutions, so that ONNX Runtime runs them as ``QLinearConv``.
+"""Quantized outputs for static convolutions (and residual adds), so that ONNX Runtime runs
+them as ``QLinearConv`` (and ``QLinearAdd``).
 
 ONNX Runtime fuses ``DequantizeLinear → Conv → QuantizeLinear`` into ``QLinearConv``; a conv whose
 output stays float runs as a float ``Conv`` on dequantized weights, slower than the float model
 (measured in benchmarks/RESULTS.md). Where a conv's output (after a directly following ``Relu``)
 does not already reach a ``QuantizeLinear`` through data-movement ops, this pass inserts a
 ``QuantizeLinear → DequantizeLinear`` pair there, with a uint8 range measured by running the
-graph on calibration batches:
+graph on calibration batches. The same holds for an ``Add`` whose two inputs are on integer grids
+(a residual connection between quantized convs): with its output quantized it becomes
+``QLinearAdd`` instead of dequantize, add, quantize. Ranges:
 ``s = (max(hi, 0) - min(lo, 0)) / 255``, ``z = round(-min(lo, 0) / s)``.
 
 This adds one rounding that lowbit's PyTorch runtime does not have (its convs write float
@@ -44,11 +47,13 @@ def _downstream_quantize(start: str, consumers):
 
 
 def _targets(graph) -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
-    """Static QDQ convs whose output is not quantized right after the conv (or its ReLU).
+    """Tensors to quantize: outputs of static QDQ convs, and of ``Add`` nodes whose two inputs
+    are already on integer grids (residual connections), each after a directly following ReLU.
 
-    Returns ``{tensor: conv name}`` to calibrate, and ``{tensor: (scale, zero point, conv)}`` for
+    Returns ``{tensor: node name}`` to calibrate, and ``{tensor: (scale, zero point, node)}`` for
     tensors that reach a ``QuantizeLinear`` through max-pooling/reshaping: they get that same
     grid (quantizing twice on one grid, with max-pool and reshapes between, changes nothing).
+    Tensors already quantized right after the node are left alone.
     """
     producers = {o: n for n in graph.node for o in n.output}
     consumers = defaultdict(list)
@@ -56,16 +61,25 @@ def _targets(graph) -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
         for i in n.input:
             consumers[i].append(n)
     outputs = {o.name for o in graph.output}
+    on_grid = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     calibrate, reuse = {}, {}
-    for node in graph.node:
-        if node.op_type != "Conv" or not all(_is_dq(producers, i) for i in node.input[:2]):
+    for node in graph.node:  # the exporter writes nodes in topological order
+        if node.op_type in _PASS_THROUGH and node.input and node.input[0] in on_grid:
+            on_grid.add(node.output[0])
+            continue
+        is_conv = node.op_type == "Conv" and all(_is_dq(producers, i) for i in node.input[:2])
+        is_add = node.op_type == "Add" and all(i in on_grid for i in node.input)
+        if not (is_conv or is_add):
             continue
         tensor = node.output[0]
         users = consumers.get(tensor, [])
         if len(users) == 1 and users[0].op_type == "Relu":
             tensor = users[0].output[0]  # ReLU + Q fold into QLinearConv (zero point 0)
+        if tensor in outputs:
+            continue
+        on_grid.add(tensor)
         users = consumers.get(tensor, [])
-        if tensor in outputs or (len(users) == 1 and users[0].op_type == "QuantizeLinear"):
+        if len(users) == 1 and users[0].op_type == "QuantizeLinear":
             continue
         q = _downstream_quantize(tensor, consumers)
         if q is not None:

@@ -1,0 +1,177 @@
+"""lowbit.export_onnx: files ONNX Runtime runs on integer kernels, matching lowbit's own model."""
+
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lowbit
+from lowbit.errors import ConfigError
+from lowbit.export import ExportError, export_onnx
+from lowbit.export.onnx_ops import pack_codes, unpack_codes
+from lowbit.measure.accuracy import sqnr_db
+from lowbit.nn import QuantModule
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from lowbit.export.ort import float_layers, ort_session  # noqa: E402
+
+
+class ResidualCNN(nn.Module):
+    """conv-BN-ReLU, a residual block (conv-ReLU-conv + identity, ReLU), max-pool, MLP head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.c1 = nn.Conv2d(16, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 4, 64), nn.ReLU(),
+                                  nn.Linear(64, 10))  # fmt: skip
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.c2(torch.relu(self.c1(x))))
+        return self.head(self.pool(x))
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(256, 256), nn.Linear(256, 32)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def _batches(shape, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g) for _ in range(n)]
+
+
+def _run(path, x):
+    sess, ops = ort_session(path)
+    return torch.from_numpy(sess.run(None, {"input": x.numpy()})[0]), ops
+
+
+def _export(model, tmp_path, scheme, calib, name="m.onnx"):
+    torch.manual_seed(0)
+    q = lowbit.quantize(model.eval(), scheme, calibration=calib)
+    exp = export_onnx(q, tmp_path / name, calib[0], calibration=calib)
+    return q, exp
+
+
+def test_static_cnn_runs_on_integer_kernels_and_matches_lowbit(tmp_path):
+    torch.manual_seed(0)
+    calib = _batches((16, 3, 8, 8))
+    q, exp = _export(ResidualCNN(), tmp_path, "W8A8", calib)
+    x = _batches((32, 3, 8, 8), n=1, seed=5)[0]
+    out, ops = _run(exp.path, x)
+    with torch.no_grad():
+        ref = q(x)
+    assert sqnr_db(ref, out) > 25  # one extra rounding per requantized conv output
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+    kinds = collections.Counter(op for v in ops.values() for op in v)
+    assert kinds["QLinearConv"] == 3, ops  # every conv, the residual block's included
+    convs = [n for n in exp.layers if not n.startswith("head")]
+    assert not float_layers(ops, convs), float_layers(ops, convs)
+    assert exp.requantized, "conv outputs before the residual add must be quantized"
+    assert all(v.startswith("QDQ") for v in exp.layers.values())
+
+
+def test_model_is_restored_after_export(tmp_path):
+    calib = _batches((8, 3, 8, 8))
+    q, _ = _export(ResidualCNN(), tmp_path, "W8A8", calib)
+    assert isinstance(q.c1, QuantModule) and isinstance(q.head[1], QuantModule)
+    with torch.no_grad():
+        assert q(calib[0]).shape == (8, 10)
+
+
+def test_dynamic_linear_is_exact_lowbit_arithmetic(tmp_path):
+    calib = _batches((8, 256))
+    q, exp = _export(MLP(), tmp_path, "W8A8-dynamic", calib)
+    x = _batches((16, 256), n=1, seed=3)[0]
+    out, ops = _run(exp.path, x)
+    with torch.no_grad():
+        ref = q(x)
+    assert sqnr_db(ref, out) > 60  # same codes, same scales: float rounding only
+    assert {"MatMulInteger"} <= {op for v in ops.values() for op in v}
+    assert all(v.startswith("MatMulInteger (dynamic per-token") for v in exp.layers.values())
+
+
+@pytest.mark.parametrize("scheme,bits", [("W4A16-g128", 4), ("W4A16", 4), ("W8A16", 8),
+                                         ("NF4", 8)])  # fmt: skip
+def test_weight_only_linear_uses_matmulnbits(tmp_path, scheme, bits):
+    calib = _batches((8, 256))
+    q, exp = _export(MLP(), tmp_path, scheme, calib)
+    x = _batches((16, 256), n=1, seed=3)[0]
+    out, ops = _run(exp.path, x)
+    with torch.no_grad():
+        ref = q(x)
+    assert sqnr_db(ref, out) > 35  # lowbit rounds activations to bf16; ONNX keeps fp32
+    assert all(v.startswith(f"MatMulNBits ({bits}-bit") for v in exp.layers.values())
+    assert {"MatMulNBits"} <= {op for v in ops.values() for op in v}
+
+
+def test_int8_file_is_about_four_times_smaller(tmp_path):
+    calib = _batches((8, 256))
+    float_path = export_onnx(MLP().eval(), tmp_path / "f.onnx", calib[0]).path
+    _, exp = _export(MLP(), tmp_path, "W8A8", calib)
+    _, exp4 = _export(MLP(), tmp_path, "W4A16-g128", calib, name="m4.onnx")
+    ratio = float_path.stat().st_size / exp.size_bytes
+    assert 3.5 < ratio < 4.1, ratio
+    assert float_path.stat().st_size / exp4.size_bytes > 6.5
+
+
+def test_dynamic_conv_exports_convinteger(tmp_path):
+    calib = _batches((8, 3, 8, 8))
+    q, exp = _export(ResidualCNN(), tmp_path, "W8A8-dynamic", calib)
+    out, ops = _run(exp.path, calib[1])
+    with torch.no_grad():
+        assert sqnr_db(q(calib[1]), out) > 35
+    assert "ConvInteger" in {op for v in ops.values() for op in v}
+
+
+def test_float_layers_are_named_with_a_reason(tmp_path):
+    calib = _batches((8, 3, 8, 8))
+    _, exp = _export(ResidualCNN(), tmp_path, "FP16", calib)
+    assert exp.float_layers and all("float32" in v for v in exp.float_layers.values())
+
+
+@given(bits=st.sampled_from([4, 8]), rows=st.integers(1, 4), cols=st.integers(1, 33),
+       seed=st.integers(0, 2**16))  # fmt: skip
+@settings(max_examples=40, deadline=None)
+def test_pack_codes_round_trip(bits, rows, cols, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (rows, cols), generator=g)
+    back = unpack_codes(pack_codes(codes, bits), bits)[:, :cols]
+    assert torch.equal(back, codes.to(torch.int32))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    model = MLP().eval()
+    with pytest.raises(ConfigError, match=r"\.onnx"):
+        export_onnx(model, tmp_path / "m.bin", torch.randn(2, 256))
+    with pytest.raises(ConfigError, match="example_inputs"):
+        export_onnx(model, tmp_path / "m.onnx", [])
+    with pytest.raises(ConfigError, match="calibration is empty"), warnings.catch_warnings():
+        q = lowbit.quantize(ResidualCNN().eval(), "W8A8", calibration=_batches((4, 3, 8, 8)))
+        export_onnx(q, tmp_path / "c.onnx", torch.randn(2, 3, 8, 8), calibration=[])
+
+
+def test_failed_export_leaves_previous_file_intact(tmp_path):
+    path = tmp_path / "m.onnx"
+    export_onnx(MLP().eval(), path, torch.randn(2, 256))
+    before = path.read_bytes()
+    with pytest.raises(ExportError, match="torch.onnx.export failed"):
+        export_onnx(MLP().eval(), path, torch.randn(2, 7))  # wrong width: forward fails
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left behind
+    assert os.path.getsize(path) > 0
