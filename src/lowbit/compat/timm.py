@@ -23,7 +23,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["import_timm"]
+__all__ = ["import_timm", "ensure_torchvision_importable"]
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -53,6 +53,15 @@ def _load_torchvision_library() -> bool:
             except (OSError, RuntimeError):
                 return False
     return False
+
+
+def ensure_torchvision_importable() -> None:
+    """Make ``import torchvision`` work on the CPU torch (timm and transformers import it).
+
+    transformers imports torchvision when it is installed, so loading a BERT fails the same way
+    as timm does without this; call it before importing either.
+    """
+    _declare_torchvision_ops()
 
 
 def _declare_torchvision_ops() -> None:
