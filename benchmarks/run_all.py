@@ -19,6 +19,8 @@ SCRIPTS = [
     ["benchmarks.bench_qat"],
     ["benchmarks.bench_ptq", "--seeds", "2"],
     ["benchmarks.bench_auto", "--seeds", "2"],
+    ["benchmarks.bench_report"],
+    ["benchmarks.bench_onnx"],
 ]
 
 if __name__ == "__main__":
