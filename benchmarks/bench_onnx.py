@@ -15,6 +15,7 @@ Usage: ``python -m benchmarks.bench_onnx [--models digits mnist1d resnet18 mobil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 import warnings
@@ -123,7 +124,8 @@ def run_model(name: str, tmp: Path, min_time_s: float) -> list[dict]:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         pre = tmp / f"{name}-pre.onnx"
-        quant_pre_process(str(f_path), str(pre))
+        with contextlib.chdir(tmp):  # it writes sym_shape_infer_temp.onnx into the working dir
+            quant_pre_process(str(f_path), str(pre))
     except Exception as exc:  # noqa: BLE001 - ORT's pre-processing is best effort
         print(f"{name}: quant_pre_process failed ({exc}); quantizing the raw export")
         pre = f_path

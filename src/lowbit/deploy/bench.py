@@ -139,7 +139,7 @@ def _ort_runners(variants, args, calibration, tmp: Path, result: BenchResult) ->
         names = [i.name for i in sess.get_inputs()]
         quantized = list(exp.layers)
         layers = {k: f"ONNX Runtime {v}" for k, v in float_layers(ops, quantized).items()}
-        layers.update({k: v for k, v in exp.float_layers.items()})
+        layers.update(exp.float_layers)
         result.float_layers[f"{name} / onnxruntime"] = layers if name != "float32" else {}
 
         def run(feed, s=sess, n=names):
