@@ -1,12 +1,14 @@
 """ONNX export (issue 8): lowbit's int8 models in ONNX Runtime against ONNX Runtime's own quantizer.
 
-For each model, in one run: the float model exported to ONNX; lowbit's W8A8 (static) model
-exported with ``lowbit.export_onnx``; ONNX Runtime's ``quantize_static`` (QDQ, per-channel int8
-weights, uint8 activations, min/max calibration on the same batches, after ORT's recommended
-``quant_pre_process``) and ``quantize_dynamic`` on the same float ONNX file. Latency: medians in
-ONNX Runtime at batch 1 and a larger batch; fidelity: top-1 (digits, MNIST-1D), output SQNR vs
-float (timm models with random weights), mean cosine of sentence embeddings to float (MiniLM);
-parity: lowbit's ONNX model against lowbit's own PyTorch integer model.
+For each model, in one run: the float model exported to ONNX; lowbit's W8A8 (static) and
+W8A8-dynamic models exported with ``lowbit.export_onnx``; ONNX Runtime's ``quantize_static``
+(QDQ, per-channel int8 weights, uint8 activations, min/max calibration on the same batches, after
+ORT's recommended ``quant_pre_process``) and ``quantize_dynamic`` on the same float ONNX file.
+Latency: medians in ONNX Runtime at batch 1 and a larger batch, all variants timed in interleaved
+rounds; lowbit W8A8 is compared with ORT's static model, lowbit W8A8-dynamic with ORT's dynamic
+one. Fidelity: top-1 (digits, MNIST-1D), output SQNR vs float (timm models with random
+weights), mean cosine of sentence embeddings to float (MiniLM). Parity: each lowbit ONNX model
+against lowbit's own PyTorch integer model.
 
 Usage: ``python -m benchmarks.bench_onnx [--models digits mnist1d resnet18 mobilenetv3 minilm]``
 (about 10 minutes).
@@ -29,7 +31,7 @@ import lowbit
 from benchmarks.common import machine
 from lowbit.export.ort import float_layers, ort_quantize, ort_session
 from lowbit.measure.accuracy import sqnr_db
-from lowbit.measure.latency import measure_latency
+from lowbit.measure.latency import compare_latency
 from lowbit.measure.table import format_table
 
 
@@ -112,14 +114,18 @@ def run_model(name: str, tmp: Path, min_time_s: float) -> list[dict]:
     wrap = spec.get("wrap", lambda m: m)
     names = spec.get("names", ["input"])
     t0 = time.perf_counter()
-    qmodel = lowbit.quantize(spec["model"], "W8A8", calibration=spec["calib"])
-    fmodel, lmodel = wrap(spec["model"]).eval(), wrap(qmodel).eval()
+    fmodel = wrap(spec["model"]).eval()
     example = spec["calib"][0]
     kw = {"input_names": names, "dynamic_axes": spec["axes"], "calibration": spec["calib"]}
     f_path = lowbit.export_onnx(fmodel, tmp / f"{name}-float.onnx", example, **kw).path
-    exp = lowbit.export_onnx(lmodel, tmp / f"{name}-lowbit.onnx", example, **kw)
+    paths, exports, lmodels = {"float32 (ONNX)": f_path}, {}, {}
+    for scheme in ("W8A8", "W8A8-dynamic"):
+        q = lowbit.quantize(spec["model"], scheme, calibration=spec["calib"])
+        lmodels[scheme] = wrap(q).eval()
+        exports[scheme] = lowbit.export_onnx(lmodels[scheme], tmp / f"{name}-{scheme}.onnx",
+                                             example, **kw)  # fmt: skip
+        paths[f"lowbit {scheme}"] = exports[scheme].path
     feeds = [{n: t.numpy() for n, t in zip(names, b, strict=True)} for b in spec["calib"]]
-    paths = {"float32 (ONNX)": f_path, "lowbit W8A8": exp.path}
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -135,30 +141,30 @@ def run_model(name: str, tmp: Path, min_time_s: float) -> list[dict]:
     eval_feed = {n: t.numpy() for n, t in zip(names, spec["eval"], strict=True)}
     with torch.inference_mode():
         ref = fmodel(*spec["eval"]).numpy()
-        lowbit_torch = lmodel(*spec["eval"]).numpy()
-    rows = []
+        lowbit_torch = {k: m(*spec["eval"]).numpy() for k, m in lmodels.items()}
+    rows, sessions = [], {}
     for variant, path in paths.items():
         sess, ops = ort_session(path)
+        sessions[variant] = sess
         out = sess.run(None, eval_feed)[0]
-        lat = {}
-        for b in sorted({1, spec["batch"]}):
-            feed = {n: v[:b] for n, v in eval_feed.items()}
-            lat[b] = measure_latency(lambda s=sess, f=feed: s.run(None, f),
-                                     min_time_s=min_time_s).median_ms  # fmt: skip
-        fl = float_layers(ops, list(exp.layers)) if variant == "lowbit W8A8" else {}
+        scheme = variant.removeprefix("lowbit ")
+        exp = exports.get(scheme)
         rows.append({"model": name, "variant": variant, "size MiB": path.stat().st_size / 2**20,
-                     spec["metric"]: _fidelity(spec, out, ref), "lat": lat,
-                     "parity": _agreement(spec, out, lowbit_torch) if variant == "lowbit W8A8"
-                     else "", "float layers": len(fl)})  # fmt: skip
-    base = rows[0]["lat"]
-    for r in rows:
-        for b, ms in r.pop("lat").items():
-            r[f"b{b} ms"] = round(ms, 3)
-            r[f"b{b} vs float"] = f"{base[b] / ms:.2f}x"
-    ours = rows[1]
-    ort_s = rows[2]
+                     spec["metric"]: _fidelity(spec, out, ref),
+                     "parity": _agreement(spec, out, lowbit_torch[scheme]) if exp else "",
+                     "float layers": len(float_layers(ops, list(exp.layers))) if exp else ""})  # fmt: skip
+    by_variant = {r["variant"]: r for r in rows}
     for b in sorted({1, spec["batch"]}):
-        ours[f"b{b} vs ORT static"] = f"{ort_s[f'b{b} ms'] / ours[f'b{b} ms']:.2f}x"
+        feed = {n: v[:b] for n, v in eval_feed.items()}
+        fns = {v: (lambda s=s, f=feed: s.run(None, f)) for v, s in sessions.items()}
+        lat = compare_latency(fns, min_time_s=min_time_s)
+        base = lat["float32 (ONNX)"].median_ms
+        for v, r in lat.items():
+            by_variant[v][f"b{b} ms"] = round(r.median_ms, 3)
+            by_variant[v][f"b{b} vs float"] = f"{base / r.median_ms:.2f}x"
+        for ours, theirs in (("W8A8", "static"), ("W8A8-dynamic", "dynamic")):
+            ratio = lat[f"ORT quantize_{theirs}"].median_ms / lat[f"lowbit {ours}"].median_ms
+            by_variant[f"lowbit {ours}"][f"b{b} vs ORT {theirs}"] = f"{ratio:.2f}x"
     cols = list(dict.fromkeys(k for r in rows for k in r))
     print(format_table(rows, cols), flush=True)
     return rows

@@ -13,6 +13,7 @@ from lowbit.measure import (
     sqnr_db,
     top1_accuracy,
 )
+from lowbit.measure.latency import compare_latency
 
 
 def test_measure_latency_counts_runs_and_orders_percentiles():
@@ -25,6 +26,19 @@ def test_measure_latency_counts_runs_and_orders_percentiles():
 def test_measure_latency_rejects_bad_arguments():
     with pytest.raises(ValueError, match="min_runs"):
         measure_latency(lambda: None, min_runs=0)
+
+
+def test_compare_latency_interleaves_rounds():
+    order = []
+    r = compare_latency({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                        rounds=3, min_time_s=0.0)  # fmt: skip
+    assert set(r) == {"a", "b"} and r["a"].runs == r["b"].runs == 6  # 2 timed runs per round
+    # every round runs a before b: the b's of round 1 come before the a's of round 2
+    firsts = [i for i, c in enumerate(order) if c == "a"]
+    lasts = [i for i, c in enumerate(order) if c == "b"]
+    assert lasts[0] < firsts[-1] and order[0] == "a" and order[-1] == "b"
+    with pytest.raises(ValueError, match="rounds"):
+        compare_latency({"a": lambda: None}, rounds=0)
 
 
 def test_top1_accuracy_of_a_known_classifier():

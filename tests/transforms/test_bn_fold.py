@@ -196,3 +196,79 @@ def test_apply_folds_gives_a_skeleton_the_folded_structure() -> None:
     skeleton.load_state_dict(model.state_dict())
     x = _input(2)
     assert torch.equal(skeleton.eval()(x), model(x))
+
+
+class _Block(nn.Module):
+    """Traceable block with a conv + BN pair inside an untraceable model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class UntraceableWithBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x):
+        y = self.stem(x)
+        for b in self.blocks:
+            y = b(y) if y.mean() > -10 else y  # data-dependent: fx fails on the whole model
+        return y
+
+
+def test_per_submodule_fallback_folds_inside_traceable_blocks(caplog) -> None:
+    torch.manual_seed(0)
+    model = UntraceableWithBlocks().eval()
+    for i, b in enumerate(model.blocks):
+        randomize_bn(b.bn, 10 + i)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = model(x)
+        folded = fold_batchnorm_(model)
+        after = model(x)
+    assert [(f["conv"], f["bn"]) for f in folded] == [
+        ("blocks.0.conv", "blocks.0.bn"),
+        ("blocks.1.conv", "blocks.1.bn"),
+    ]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_batchnorm_act_keeps_its_activation() -> None:
+    from lowbit.compat import import_timm
+    from lowbit.transforms.bn_fold import FoldedBatchNormAct
+
+    try:
+        timm = import_timm()
+    except ImportError:
+        pytest.skip("timm is not installed")
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
+    for i, m in enumerate(model.modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            randomize_bn(m, i)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        folded = fold_batchnorm_(model)
+        after = model(x)
+    assert len(folded) > 20
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert isinstance(model.bn1, FoldedBatchNormAct) and isinstance(model.bn1.act, nn.Hardswish)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+class _BNWithExtra(nn.BatchNorm2d):
+    """A BatchNorm subclass whose forward does more than normalize: not folded."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_unknown_batchnorm_subclasses_are_not_folded() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), _BNWithExtra(4)).eval()
+    assert find_conv_bn_pairs(model) == []

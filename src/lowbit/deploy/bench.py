@@ -23,7 +23,7 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import ConfigError
-from lowbit.measure.latency import measure_latency
+from lowbit.measure.latency import compare_latency
 from lowbit.measure.machine import describe_machine
 from lowbit.measure.table import format_table
 from lowbit.nn import QuantModule
@@ -103,12 +103,11 @@ def bench(
         for runtime, runners in runtimes.items():
             for b in batches:
                 feed = _slice(args, b)
-                base = None
-                for name, run in runners.items():
-                    ms = measure_latency(
-                        lambda r=run, f=feed: r(f), min_time_s=min_time_s
-                    ).median_ms
-                    base = ms if name == "float32" else base
+                fns = {name: (lambda r=run, f=feed: r(f)) for name, run in runners.items()}
+                lat = compare_latency(fns, min_time_s=min_time_s)
+                base = lat["float32"].median_ms
+                for name in runners:
+                    ms = lat[name].median_ms
                     layers = result.float_layers.get(f"{name} / {runtime}", {})
                     result.rows.append({"variant": name, "runtime": runtime, "batch": b,
                                         "ms": ms, "speedup": base / ms,

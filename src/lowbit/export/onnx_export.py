@@ -125,7 +125,7 @@ def export_onnx(
         with _swapped(model) as (twin, layers):
             _torch_export(twin, args, tmp, input_names, output_names, axes, layers)
         requantized: list[str] = []
-        if requantize_conv_outputs and any(v.startswith("QDQ Conv") for v in layers.values()):
+        if requantize_conv_outputs and any(v.startswith("QDQ") for v in layers.values()):
             from lowbit.export.requant import requantize_conv_outputs as _requant
 
             batches = _calibration_feeds(calibration, args, input_names)

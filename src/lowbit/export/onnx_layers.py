@@ -61,7 +61,10 @@ class _Linear(nn.Module):
             x = x * self.smooth
         if self.kind == "static":
             xd = QDQ.apply(x, self.x_scale, self.x_zero_point)
-            y = torch.matmul(xd, DequantizeWeight.apply(self.qweight_t, self.w_scale, 1))
+            w = DequantizeWeight.apply(self.qweight_t, self.w_scale, 1)
+            if x.dim() == 2 and self.bias is not None:
+                return torch.addmm(self.bias, xd, w)  # one Gemm: ONNX Runtime's QGemm
+            y = torch.matmul(xd, w)
         elif self.kind == "dynamic":
             y = DynamicMatMul.apply(x, self.qweight_t, self.w_scale, self.attrs["per_token"])
         elif self.kind == "nbits":

@@ -25,6 +25,9 @@ __all__ = ["requantize_conv_outputs"]
 
 # ops that move data without changing values: a QuantizeLinear after them quantizes the conv
 _PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Relu"}
+# ops ONNX Runtime runs on uint8 codes (QLinearAveragePool...) when their input and output are
+# quantized; their outputs are quantized too, so the graph stays on integer codes through them
+_POOLS = {"GlobalAveragePool", "AveragePool"}
 
 
 def _is_dq(producers, name: str) -> bool:
@@ -32,28 +35,39 @@ def _is_dq(producers, name: str) -> bool:
     return node is not None and node.op_type == "DequantizeLinear"
 
 
-def _downstream_quantize(start: str, consumers):
-    """The ``QuantizeLinear`` that ``start`` reaches through data-movement ops only, if any."""
-    tensor = start
-    while True:
-        users = consumers.get(tensor, [])
-        if len(users) != 1:
-            return None
-        if users[0].op_type == "QuantizeLinear":
-            return users[0]
-        if users[0].op_type not in _PASS_THROUGH:
-            return None
-        tensor = users[0].output[0]
+def _downstream_quantizers(start: str, consumers) -> list:
+    """The ``QuantizeLinear`` nodes ``start`` reaches through data-movement ops only."""
+    found, tensors = [], [start]
+    while tensors:
+        for user in consumers.get(tensors.pop(), []):
+            if user.op_type == "QuantizeLinear":
+                found.append(user)
+            elif user.op_type in _PASS_THROUGH:
+                tensors.append(user.output[0])
+    return found
 
 
-def _targets(graph) -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
-    """Tensors to quantize: outputs of static QDQ convs, and of ``Add`` nodes whose two inputs
-    are already on integer grids (residual connections), each after a directly following ReLU.
+def _is_target(node, producers, on_grid) -> bool:
+    """Whether ONNX Runtime has an integer kernel for ``node`` once its output is quantized."""
+    if node.op_type in ("Conv", "Gemm"):
+        return all(_is_dq(producers, i) for i in node.input[:2])
+    if node.op_type == "Add":
+        return all(i in on_grid for i in node.input)
+    return node.op_type in _POOLS and node.input[0] in on_grid
 
-    Returns ``{tensor: node name}`` to calibrate, and ``{tensor: (scale, zero point, node)}`` for
-    tensors that reach a ``QuantizeLinear`` through max-pooling/reshaping: they get that same
-    grid (quantizing twice on one grid, with max-pool and reshapes between, changes nothing).
-    Tensors already quantized right after the node are left alone.
+
+def _targets(graph):
+    """Tensors to quantize: outputs of static QDQ convs and 2-D matmuls (``Gemm``), of ``Add``
+    nodes whose two inputs are already on integer grids (residual connections) and of average
+    pools of such tensors, each after a directly following ReLU.
+
+    Returns ``{tensor: node name}`` to calibrate, ``{tensor: (scale, zero point, node)}`` for
+    tensors that already reach ``QuantizeLinear`` nodes through max-pooling/reshaping (they get
+    the grid of the first one: quantizing twice on one grid changes nothing), and
+    ``{QuantizeLinear name: (scale, zero point)}``: the other quantizers of such a tensor, moved
+    onto that same grid. One grid per tensor is what lets ONNX Runtime drop the
+    ``DequantizeLinear → QuantizeLinear`` pairs between integer kernels; the consumers' grids were
+    calibrated on the same tensor, so they differ little if at all.
     """
     producers = {o: n for n in graph.node for o in n.output}
     consumers = defaultdict(list)
@@ -61,32 +75,59 @@ def _targets(graph) -> tuple[dict[str, str], dict[str, tuple[str, str, str]]]:
         for i in n.input:
             consumers[i].append(n)
     outputs = {o.name for o in graph.output}
-    on_grid = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    calibrate, reuse = {}, {}
+    # tensors on an integer grid -> (scale, zero point) names, where the grid is known
+    on_grid = {n.output[0]: tuple(n.input[1:3]) for n in graph.node
+               if n.op_type == "DequantizeLinear"}  # fmt: skip
+    calibrate, reuse, unify = {}, {}, {}
     for node in graph.node:  # the exporter writes nodes in topological order
         if node.op_type in _PASS_THROUGH and node.input and node.input[0] in on_grid:
-            on_grid.add(node.output[0])
+            out, grid = node.output[0], on_grid[node.input[0]]
+            on_grid[out] = grid
+            read_as_float = any(u.op_type not in _PASS_THROUGH | {"QuantizeLinear"}
+                                for u in consumers.get(out, []))  # fmt: skip
+            if grid and read_as_float and out not in outputs:
+                # quantized again on its input's grid (exact): e.g. a max-pool feeding both a
+                # conv and a residual add runs on uint8 and the add becomes QLinearAdd
+                reuse[out] = (*grid, node.name)
             continue
-        is_conv = node.op_type == "Conv" and all(_is_dq(producers, i) for i in node.input[:2])
-        is_add = node.op_type == "Add" and all(i in on_grid for i in node.input)
-        if not (is_conv or is_add):
+        if not _is_target(node, producers, on_grid):
             continue
         tensor = node.output[0]
         users = consumers.get(tensor, [])
         if len(users) == 1 and users[0].op_type == "Relu":
             tensor = users[0].output[0]  # ReLU + Q fold into QLinearConv (zero point 0)
-        if tensor in outputs:
-            continue
-        on_grid.add(tensor)
-        users = consumers.get(tensor, [])
-        if len(users) == 1 and users[0].op_type == "QuantizeLinear":
-            continue
-        q = _downstream_quantize(tensor, consumers)
-        if q is not None:
-            reuse[tensor] = (q.input[1], q.input[2], node.name)
-        else:
+        if tensor in outputs and node.op_type != "Gemm":
+            continue  # a quantized model output only pays off for a classifier's last Gemm
+        quantizers = _downstream_quantizers(tensor, consumers)
+        if not quantizers:
             calibrate[tensor] = node.name
-    return calibrate, reuse
+            on_grid[tensor] = (f"{tensor}_requant_scale", f"{tensor}_requant_zp")
+            continue
+        grid = on_grid[tensor] = tuple(quantizers[0].input[1:3])
+        for q in quantizers[1:]:
+            if tuple(q.input[1:3]) != grid:
+                unify[q.name or q.output[0]] = grid
+        users = consumers.get(tensor, [])
+        if not (len(users) == 1 and users[0].op_type == "QuantizeLinear"):
+            reuse[tensor] = (*grid, node.name)
+    return calibrate, reuse, unify
+
+
+def _unify(graph, unify: dict[str, tuple[str, str]]) -> None:
+    """Move each named ``QuantizeLinear``, and the ``DequantizeLinear`` nodes of its codes, onto
+    the given grid."""
+    readers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    for q in graph.node:
+        grid = unify.get(q.name or q.output[0]) if q.op_type == "QuantizeLinear" else None
+        if grid is None:
+            continue
+        old = tuple(q.input[1:3])
+        for node in [q, *readers[q.output[0]]]:
+            if node is q or (node.op_type == "DequantizeLinear" and tuple(node.input[1:3]) == old):
+                node.input[1], node.input[2] = grid
 
 
 def _ranges(model, tensors: list[str], feeds: list[dict]) -> dict[str, tuple[float, float]]:
@@ -95,7 +136,7 @@ def _ranges(model, tensors: list[str], feeds: list[dict]) -> dict[str, tuple[flo
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    for t in tensors:
+    for t in set(tensors) - {o.name for o in probe.graph.output}:
         probe.graph.output.append(
             onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
         )
@@ -121,39 +162,45 @@ def _qparams(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
 def requantize_conv_outputs(path: str, feeds: list[dict]) -> list[str]:
     """Insert calibrated output Q/DQ pairs for static convs in the ONNX file at ``path``.
 
-    Returns the conv node names (``/features.0/Conv``...) whose outputs were quantized.
+    Returns the node names (``/features.0/Conv``...) whose outputs were quantized.
     """
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(path)
     graph = model.graph
-    calibrate, reuse = _targets(graph)
-    if not calibrate and not reuse:
+    calibrate, reuse, unify = _targets(graph)
+    if not (calibrate or reuse or unify):
         return []
     ranges = _ranges(model, list(calibrate), feeds) if calibrate else {}
+    _unify(graph, unify)
     users = defaultdict(list)
     for n in graph.node:
         for k, i in enumerate(n.input):
             users[i].append((n, k))
+    outputs = {o.name for o in graph.output}
     for t in [*calibrate, *reuse]:
-        q_name, d_name = f"{t}_requant_q", f"{t}_requant_dq"
+        q_name, d_name, src = f"{t}_requant_q", f"{t}_requant_dq", t
         if t in reuse:
-            s_name, z_name, _conv = reuse[t]
+            s_name, z_name, _node = reuse[t]
         else:
             s_name, z_name = f"{t}_requant_scale", f"{t}_requant_zp"
             scale, zp = _qparams(*ranges[t])
             graph.initializer.extend(
                 [numpy_helper.from_array(scale, s_name), numpy_helper.from_array(zp, z_name)]
             )
+        if t in outputs:  # keep the output's name: the producer writes a renamed float tensor
+            src, d_name = f"{t}_requant_float", t
+            producer = next(n for n in graph.node if t in n.output)
+            producer.output[list(producer.output).index(t)] = src
         for node, k in users[t]:
             node.input[k] = d_name
         graph.node.extend([
-            helper.make_node("QuantizeLinear", [t, s_name, z_name], [q_name]),
+            helper.make_node("QuantizeLinear", [src, s_name, z_name], [q_name]),
             helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [d_name]),
         ])  # fmt: skip
     onnx.save(_toposorted(model), path)
-    return sorted([*calibrate.values(), *(v[2] for v in reuse.values())])
+    return sorted({*calibrate.values(), *(v[2] for v in reuse.values())})
 
 
 def _toposorted(model):

@@ -1,7 +1,8 @@
 """Wall-clock latency of a callable: warm-up, then repeated timed runs, reported as percentiles.
 
 Speed claims in lowbit always time the float baseline and the quantized model in the same process
-and report the ratio; use :func:`measure_latency` on both and divide the medians.
+and report the ratio: :func:`compare_latency` times several callables in interleaved rounds, so a
+slow spell of the machine (another process, a frequency change) hits all of them alike.
 
 >>> r = measure_latency(lambda: model(x), min_time_s=0.5)  # doctest: +SKIP
 >>> r.median_ms, r.runs  # doctest: +SKIP
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LatencyResult", "measure_latency"]
+__all__ = ["LatencyResult", "measure_latency", "compare_latency"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,12 @@ def measure_latency(
     """
     if min_runs < 1 or warmup < 0:
         raise ValueError("min_runs must be >= 1 and warmup >= 0")
+    times = _timed(fn, warmup=warmup, min_runs=min_runs, min_time_s=min_time_s, max_runs=max_runs)
+    return _summary(times)
+
+
+def _timed(fn, *, warmup: int, min_runs: int, min_time_s: float, max_runs: int = 10_000):
+    """Milliseconds of each timed call of ``fn`` after ``warmup`` untimed ones."""
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
@@ -59,6 +66,30 @@ def measure_latency(
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    return times
+
+
+def _summary(times: list[float]) -> LatencyResult:
+    times = sorted(times)
     pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
     return LatencyResult(statistics.median(times), pick(0.1), pick(0.9), len(times))
+
+
+def compare_latency(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 5, min_time_s: float = 1.0
+) -> dict[str, LatencyResult]:
+    """Latency of each callable, timed in ``rounds`` interleaved rounds (A, B, C, A, B, C...).
+
+    Each callable gets ``min_time_s / rounds`` seconds per round; its result pools all its runs.
+
+    >>> r = compare_latency({"float": lambda: f(x), "int8": lambda: q(x)})  # doctest: +SKIP
+    >>> r["float"].median_ms / r["int8"].median_ms  # speed-up  # doctest: +SKIP
+    """
+    if rounds < 1:
+        raise ValueError("rounds must be >= 1")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for k in range(rounds):
+        for name, fn in fns.items():
+            r = _timed(fn, warmup=3 if k == 0 else 1, min_runs=2, min_time_s=min_time_s / rounds)
+            times[name] += r
+    return {name: _summary(t) for name, t in times.items()}

@@ -24,11 +24,11 @@ from lowbit.qat.bn import QATConvBN
 from lowbit.qat.modules import QATConv, QATLayer, QATLinear
 from lowbit.quantize import QuantizationRecord, _check_model, _plan, resolve_config
 from lowbit.transforms.bn_fold import (
-    FoldedBatchNorm,
     _set,
     find_conv_bn_pairs,
     fold_batchnorm_,
     fold_pair_,
+    folded_replacement,
 )
 
 __all__ = ["prepare", "convert"]
@@ -87,7 +87,7 @@ def prepare(
             _set(model, conv_name, QATConvBN(conv, bn, scheme_, conv_name, freeze_bn_after))
         else:  # a float layer: fold it now
             fold_pair_(conv, bn)
-        _set(model, bn_name, FoldedBatchNorm())
+        _set(model, bn_name, folded_replacement(bn))
     for name, (module, layer_scheme) in plan.items():
         if isinstance(module, nn.Embedding):
             record.skipped[name] = "embedding tables are not trained under QAT (yet)"

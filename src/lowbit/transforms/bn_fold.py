@@ -7,8 +7,10 @@ For ``y = BN(conv(x))`` with running statistics ``mu, var`` and affine ``gamma, 
 
 so one convolution computes the pair, and the quantizer sees the weight that really runs.
 
-Pairs are found on a ``torch.fx`` trace (a conv whose only user is a BatchNorm); models that do not
-trace fall back to adjacent ``(conv, bn)`` children of ``nn.Sequential`` containers.
+Pairs are found on a ``torch.fx`` trace (a conv whose only user is a BatchNorm, BatchNorm subclasses
+such as timm's ``BatchNormAct2d`` kept whole); where a model does not trace, each submodule is
+traced on its own (and adjacent ``(conv, bn)`` children of an ``nn.Sequential`` are paired), so an
+untraceable block only keeps its own BatchNorms.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import logging
 import torch
 from torch import nn
 
-__all__ = ["FoldedBatchNorm", "find_conv_bn_pairs", "fold_batchnorm_", "fold_pair_", "apply_folds_"]
+__all__ = [
+    "FoldedBatchNorm",
+    "FoldedBatchNormAct",
+    "folded_replacement",
+    "find_conv_bn_pairs", "fold_batchnorm_", "fold_pair_", "apply_folds_"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,36 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 class FoldedBatchNorm(nn.Identity):
     """Marks where a BatchNorm was folded into the preceding convolution."""
+
+
+class FoldedBatchNormAct(nn.Module):
+    """What is left of a BatchNorm + activation module (timm's ``BatchNormAct2d``) once its
+    normalization is folded into the convolution: ``act(drop(x))``."""
+
+    def __init__(self, drop: nn.Module, act: nn.Module):
+        super().__init__()
+        self.drop, self.act = drop, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(x))
+
+
+def folded_replacement(bn: nn.Module) -> nn.Module | None:
+    """The module that replaces ``bn`` once folded, or None when lowbit does not know what else
+    its forward does (a BatchNorm subclass other than timm's norm + drop + act)."""
+    if type(bn) in _BN:
+        return FoldedBatchNorm()
+    names = {n for n, _ in bn.named_children()}
+    if names == {"drop", "act"} and type(bn).__module__.startswith("timm."):
+        return FoldedBatchNormAct(bn.drop, bn.act)
+    return None
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """fx tracer that keeps BatchNorm subclasses (timm's ``BatchNormAct2d``) as single calls."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (*_BN, *_CONV)) or super().is_leaf_module(m, qualname)
 
 
 def _get(model: nn.Module, name: str) -> nn.Module:
@@ -41,9 +77,9 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - any trace failure means "use the fallback"
-        log.debug("fx trace failed (%s); scanning nn.Sequential children instead", exc)
+        log.debug("fx trace of %s failed (%s)", type(model).__name__, exc)
         return None
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -66,28 +102,40 @@ def _pairs_from_fx(model: nn.Module) -> list[tuple[str, str]] | None:
     return pairs
 
 
-def _pairs_from_sequential(model: nn.Module) -> list[tuple[str, str]]:
-    pairs = []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Sequential):
-            continue
-        children = list(mod.named_children())
-        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False):
-            if isinstance(a, _CONV) and isinstance(b, _BN):
-                prefix = f"{name}." if name else ""
-                pairs.append((prefix + a_name, prefix + b_name))
+def _sequential_pairs(seq: nn.Sequential) -> list[tuple[str, str]]:
+    children = list(seq.named_children())
+    return [
+        (a_name, b_name)
+        for (a_name, a), (b_name, b) in zip(children, children[1:], strict=False)
+        if isinstance(a, _CONV) and isinstance(b, _BN)
+    ]
+
+
+def _pairs_by_submodule(module: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
+    """Pairs from an fx trace of ``module``; where it does not trace, from adjacent children of an
+    ``nn.Sequential`` and from the traces of its children, recursively (so one untraceable block
+    costs only the folds inside that block, not the model's)."""
+    pairs = _pairs_from_fx(module)
+    if pairs is None:
+        if prefix:
+            log.info("BatchNorm folding: %s does not trace; looking inside its submodules",
+                     prefix.rstrip("."))  # fmt: skip
+        pairs = _sequential_pairs(module) if isinstance(module, nn.Sequential) else []
+        for name, child in module.named_children():
+            if any(True for _ in child.children()):
+                pairs += [(f"{name}.{c}", f"{name}.{b}") for c, b in
+                          _pairs_by_submodule(child, f"{prefix}{name}.")]  # fmt: skip
     return pairs
 
 
 def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """``(conv_name, bn_name)`` pairs where the BatchNorm reads only that convolution's output."""
-    pairs = _pairs_from_fx(model)
-    if pairs is None:
-        pairs = _pairs_from_sequential(model)
+    pairs = _pairs_by_submodule(model)
     return [
         (c, b)
         for c, b in pairs
-        if _get(model, b).track_running_stats
+        if folded_replacement(_get(model, b)) is not None
+        and _get(model, b).track_running_stats
         and _get(model, b).running_var is not None
         and _get(model, b).num_features == _get(model, c).out_channels
     ]
@@ -115,8 +163,9 @@ def fold_batchnorm_(model: nn.Module) -> list[dict[str, object]]:
     """Fold every foldable (conv, bn) pair of ``model`` in place; returns what was folded."""
     folded = []
     for conv_name, bn_name in find_conv_bn_pairs(model):
-        added = fold_pair_(_get(model, conv_name), _get(model, bn_name))
-        _set(model, bn_name, FoldedBatchNorm())
+        bn = _get(model, bn_name)
+        added = fold_pair_(_get(model, conv_name), bn)
+        _set(model, bn_name, folded_replacement(bn))
         folded.append({"conv": conv_name, "bn": bn_name, "bias_added": added})
         log.debug("folded %s into %s", bn_name, conv_name)
     return folded
@@ -128,4 +177,4 @@ def apply_folds_(skeleton: nn.Module, folded: list[dict[str, object]]) -> None:
         conv = _get(skeleton, str(item["conv"]))
         if item["bias_added"] and conv.bias is None:
             conv.bias = nn.Parameter(torch.zeros(conv.out_channels), requires_grad=False)
-        _set(skeleton, str(item["bn"]), FoldedBatchNorm())
+        _set(skeleton, str(item["bn"]), folded_replacement(_get(skeleton, str(item["bn"]))))
