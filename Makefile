@@ -9,7 +9,7 @@ STAMP := $(VENV)/.lowbit-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,bench,onnx]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,onnx,apps]'
 	touch $(STAMP)
 
 demo: $(STAMP)

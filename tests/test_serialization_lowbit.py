@@ -10,7 +10,7 @@ from torch import nn
 
 import lowbit
 from lowbit.errors import ArtifactError
-from lowbit.measure import bits_per_weight
+from lowbit.measure import bits_per_weight, sqnr_db
 
 
 def _model():
@@ -89,3 +89,24 @@ def test_custom_low_bit_schemes_round_trip_with_convs_and_embeddings(tmp_path, f
     lowbit.save(q_emb, tmp_path / "emb")
     ids = torch.randint(0, 200, (2, 3))
     assert torch.equal(lowbit.load(tmp_path / "emb", _model())(ids), q_emb(ids))
+
+
+def test_timm_model_with_batchnorm_act_round_trips(tmp_path):
+    """timm's BatchNormAct2d folds into the conv and keeps its activation, after a reload too."""
+    from lowbit.compat import import_timm
+
+    try:
+        timm = import_timm()
+    except ImportError:
+        pytest.skip("timm is not installed")
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
+    calib = [torch.randn(2, 3, 64, 64) for _ in range(2)]
+    q = lowbit.quantize(model, "W8A8", calibration=calib)
+    lowbit.save(q, tmp_path / "m")
+    skeleton = timm.create_model("mobilenetv3_small_050", pretrained=False)
+    loaded = lowbit.load(tmp_path / "m", skeleton).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q(x))
+        assert sqnr_db(model(x), q(x)) > 10

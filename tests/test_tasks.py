@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lowbit.tasks import MNIST1DCNN, TASKS, DigitsCNN, load_digits_split, load_mnist1d_split
@@ -25,3 +26,12 @@ def test_model_shapes():
     assert DigitsCNN()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     assert MNIST1DCNN()(torch.zeros(2, 1, 40)).shape == (2, 10)
     assert set(TASKS) == {"digits", "mnist1d"}
+
+
+def test_unknown_task_names_the_known_ones():
+    from lowbit.errors import ConfigError
+    from lowbit.tasks import task_names, task_problem
+
+    with pytest.raises(ConfigError, match="known tasks: .*digits"):
+        task_problem("imagenet")
+    assert {"digits", "mnist1d"} <= set(task_names())

@@ -29,6 +29,8 @@ __all__ = [
     "train",
     "Problem",
     "task_problem",
+    "task_names",
+    "APP_TASKS",
 ]
 
 
@@ -152,19 +154,41 @@ TASKS = {
 @dataclass(frozen=True)
 class Problem:
     """A trained demo model with what the measuring tools need: calibration batches, an
-    ``evaluate(model) -> float`` (test top-1), training batches and the data split."""
+    ``evaluate(model) -> float`` (higher is better, named by ``metric_name``), classification
+    training batches (None for tasks whose loss is not cross-entropy) and the data split."""
 
     model: nn.Module
     calibration: list[torch.Tensor]
     evaluate: Callable[[nn.Module], float]
-    train_batches: list[tuple[torch.Tensor, torch.Tensor]]
-    split: Split
+    train_batches: list[tuple[torch.Tensor, torch.Tensor]] | None
+    split: Split | None
+    metric_name: str = "top-1"
+    description: str = "CNN"
+
+
+# application tasks beyond the two demo classifiers: name -> "module:function" returning a
+# Problem for (seed, batch); imported only when asked for
+APP_TASKS: dict[str, str] = {}
+
+
+def task_names() -> list[str]:
+    """Every name :func:`task_problem` accepts."""
+    return sorted([*TASKS, *APP_TASKS])
 
 
 def task_problem(name: str, seed: int = 0, batch: int = 128) -> Problem:
     """Train ``TASKS[name]`` (seconds) and wrap it as a :class:`Problem`."""
     from lowbit.measure.accuracy import top1_accuracy
 
+    if name in APP_TASKS:
+        import importlib
+
+        module, _, fn = APP_TASKS[name].partition(":")
+        return getattr(importlib.import_module(module), fn)(seed=seed, batch=batch)
+    if name not in TASKS:
+        from lowbit.errors import ConfigError
+
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
     task = TASKS[name]
     split = task.load(seed=seed)
     torch.manual_seed(seed)

@@ -42,6 +42,27 @@ class ResidualCNN(nn.Module):
         return self.head(self.pool(x))
 
 
+class ResNetLike(nn.Module):
+    """ResNet's stem and first blocks: max-pool feeding a conv *and* the residual add, a
+    strided block with a 1x1 downsample reading the same tensor as its first conv, then global
+    average pooling and a linear classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.pool = nn.MaxPool2d(2)
+        self.a1, self.a2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.b2, self.down = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(8, 16, 1, stride=2)
+        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.pool(self.stem(x))
+        x = torch.relu(x + self.a2(torch.relu(self.a1(x))))
+        x = torch.relu(self.down(x) + self.b2(torch.relu(self.b1(x))))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -84,6 +105,51 @@ def test_static_cnn_runs_on_integer_kernels_and_matches_lowbit(tmp_path):
     assert not float_layers(ops, convs), float_layers(ops, convs)
     assert exp.requantized, "conv outputs before the residual add must be quantized"
     assert all(v.startswith("QDQ") for v in exp.layers.values())
+
+
+def test_resnet_like_graph_stays_on_integer_codes_end_to_end(tmp_path):
+    """One grid per tensor: ONNX Runtime removes every dequantize/quantize pair between layers,
+    so only the input's QuantizeLinear and the logits' DequantizeLinear remain."""
+    torch.manual_seed(0)
+    calib = _batches((16, 3, 16, 16))
+    q, exp = _export(ResNetLike(), tmp_path, "W8A8", calib)
+    x = _batches((32, 3, 16, 16), n=1, seed=5)[0]
+    out, ops = _run(exp.path, x)
+    with torch.no_grad():
+        ref = q(x)
+    assert sqnr_db(ref, out) > 25
+    kinds = collections.Counter(op for v in ops.values() for op in v)
+    assert kinds["QLinearConv"] == 6 and kinds["QGemm"] == 1, ops
+    sess_graph = _optimized_ops(exp.path)
+    assert sess_graph["QuantizeLinear"] == 1 and sess_graph["DequantizeLinear"] == 1, sess_graph
+    assert sess_graph["QLinearAdd"] == 2 and sess_graph["QLinearGlobalAveragePool"] == 1
+    assert not {"Conv", "Gemm", "MatMul", "Add"} & set(sess_graph), sess_graph
+
+
+def _optimized_ops(path) -> collections.Counter:
+    import tempfile
+
+    opts = ort.SessionOptions()
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return collections.Counter(
+            n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
+        )
+
+
+def test_dynamic_linear_runs_on_uint8_codes(tmp_path):
+    """ONNX Runtime's int8 x int8 MatMulInteger is a slow path on x86: codes go in as uint8."""
+    calib = _batches((8, 256))
+    _q, exp = _export(MLP(), tmp_path, "W8A8-dynamic", calib)
+    model = onnx.load(str(exp.path))
+    types = {
+        t.name: t.type.tensor_type.elem_type
+        for t in onnx.shape_inference.infer_shapes(model).graph.value_info
+    }
+    mm = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert len(mm) == 2
+    assert all(types.get(n.input[0]) == onnx.TensorProto.UINT8 for n in mm), types
 
 
 def test_model_is_restored_after_export(tmp_path):

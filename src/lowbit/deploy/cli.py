@@ -13,7 +13,7 @@ import argparse
 import json
 import warnings
 
-from lowbit.tasks import TASKS
+from lowbit.tasks import task_names
 
 __all__ = ["add_parser"]
 
@@ -21,7 +21,7 @@ __all__ = ["add_parser"]
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="float vs quantized speed in PyTorch and ONNX Runtime")
     p.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
-    p.add_argument("--task", choices=sorted(TASKS), help="use a demo task instead of MODEL")
+    p.add_argument("--task", choices=task_names(), help="use a demo task instead of MODEL")
     p.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
     p.add_argument("--calib", help="inputs [N, ...]: calibration and the timed batch")
     p.add_argument("--batch-size", type=int, default=32)

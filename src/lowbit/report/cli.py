@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lowbit
 from lowbit.errors import LowbitError
-from lowbit.tasks import TASKS, task_problem
+from lowbit.tasks import task_names, task_problem
 
 __all__ = ["add_parser", "write_report", "update_readme"]
 
@@ -27,7 +27,7 @@ START, END = "<!-- lowbit-report:start -->", "<!-- lowbit-report:end -->"
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="measure every scheme on a model: Markdown, HTML, JSON")
     p.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
-    p.add_argument("--task", choices=sorted(TASKS), help="use a demo task instead of MODEL")
+    p.add_argument("--task", choices=task_names(), help="use a demo task instead of MODEL")
     p.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
     p.add_argument("--calib", help="calibration inputs [N, ...] for MODEL")
     p.add_argument("--evaluate", help="'package.module:fn' or 'file.py:fn', fn(model) -> float")
@@ -44,8 +44,8 @@ def write_report(task: str, out: str | Path, seed: int = 0, batch: int = 128) ->
     """Train the demo ``task`` model, report on it (training table included) into ``out``."""
     p = task_problem(task, seed, batch)
     rep = lowbit.report(p.model, calibration=p.calibration, evaluate=p.evaluate,
-                        train=p.train_batches, metric_name="top-1",
-                        title=f"lowbit report: the {task} CNN")  # fmt: skip
+                        train=p.train_batches, metric_name=p.metric_name,
+                        title=f"lowbit report: the {task} {p.description}")  # fmt: skip
     return rep.save(out)
 
 
