@@ -24,7 +24,11 @@ __all__ = [
     "FoldedBatchNorm",
     "FoldedBatchNormAct",
     "folded_replacement",
-    "find_conv_bn_pairs", "fold_batchnorm_", "fold_pair_", "apply_folds_"]
+    "find_conv_bn_pairs",
+    "fold_batchnorm_",
+    "fold_pair_",
+    "apply_folds_",
+]
 
 log = logging.getLogger(__name__)
 
