@@ -346,3 +346,40 @@ def test_a_module_registered_under_two_names_is_quantized_everywhere() -> None:
     qmodel = lowbit.quantize(Shared(), "W8A8-dynamic")
     assert isinstance(qmodel.a, QuantLinear)
     assert qmodel.b is qmodel.a
+
+
+class _StdConv(nn.Conv2d):
+    """Weight standardization in forward: a quantized plain conv would lose it."""
+
+    def forward(self, x):
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (
+            self.weight.std((1, 2, 3), keepdim=True) + 1e-5
+        )
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class _PlainSub(nn.Linear):
+    """A subclass that keeps nn.Linear.forward: quantized like nn.Linear."""
+
+
+def test_subclasses_that_override_forward_stay_float_with_a_reason():
+    torch.manual_seed(0)
+    model = nn.Sequential(_StdConv(3, 4, 3), nn.Flatten(), _PlainSub(4 * 6 * 6, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    q = lowbit.quantize(model, "W8A8", calibration=[x])
+    assert "overrides Conv2d.forward" in q.lowbit_record.skipped["0"]
+    assert type(q[0]) is _StdConv and "2" in q.lowbit_record.layers
+    with torch.no_grad():
+        assert sqnr(model(x), q(x)) > 25
+
+
+def test_multihead_attention_out_proj_stays_float():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8))
+    model.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+    q = lowbit.quantize(model, "W8A16")
+    assert "reads this projection's weight directly" in q.lowbit_record.skipped["attn.out_proj"]
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        out, _ = q.attn(x, x, x)
+    assert out.shape == (2, 5, 8)

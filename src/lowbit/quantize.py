@@ -36,6 +36,7 @@ from lowbit.ptq.rounding import check_adaround
 from lowbit.ptq.sequential import round_layers
 from lowbit.targeting import scheme_for
 from lowbit.transforms.bn_fold import _set, fold_batchnorm_
+from lowbit.transforms.linearize import linearize_
 
 __all__ = ["quantize", "resolve_config", "QuantizationRecord"]
 
@@ -48,6 +49,7 @@ class QuantizationRecord:
 
     config: QuantConfig
     folded: list[dict[str, Any]] = field(default_factory=list)
+    linearized: list[str] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     ptq: dict[str, Any] = field(default_factory=dict)
@@ -96,11 +98,16 @@ def _check_model(model: Any) -> None:
 def _plan(model: nn.Module, config: QuantConfig, record: QuantizationRecord) -> dict[str, Any]:
     """``{name: (module, scheme)}`` for the layers to quantize; reasons for the others."""
     plan = {}
+    # nn.MultiheadAttention passes out_proj.weight to its functional form: no swapping it
+    direct = {f"{n}.out_proj" if n else "out_proj" for n, m in model.named_modules()
+              if isinstance(m, nn.MultiheadAttention)}  # fmt: skip
     for name, module in model.named_modules(remove_duplicate=False):
         if not is_quantizable(module) and unsupported_reason(module) is None:
             continue
         scheme = scheme_for(name, config)
         reason = unsupported_reason(module) or _group_misfit(module, scheme)
+        if name in direct:
+            reason = "nn.MultiheadAttention reads this projection's weight directly; left in float"
         if scheme is None:
             record.skipped[name] = "excluded by include/exclude patterns"
         elif reason is not None:
@@ -175,6 +182,8 @@ def quantize(
         model = copy.deepcopy(model)
     model.eval()
     record = QuantizationRecord(config=config)
+    # GPT-2's Conv1D projections become nn.Linear (exact; load does it to the skeleton too)
+    record.linearized = linearize_(model)
     if config.fold_batchnorm:
         record.folded = fold_batchnorm_(model)
     plan = _plan(model, config, record)

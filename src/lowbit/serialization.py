@@ -33,6 +33,7 @@ from lowbit.nn import LAYER_TYPES
 from lowbit.packing import pack, unpack
 from lowbit.quantize import QuantizationRecord
 from lowbit.transforms.bn_fold import _set, apply_folds_
+from lowbit.transforms.linearize import linearize_
 
 __all__ = ["save", "load", "artifact_size", "model_size", "FORMAT_VERSION"]
 
@@ -93,6 +94,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             "format_version": FORMAT_VERSION,
             "config": record.config.to_dict() if record else None,
             "folded": record.folded if record else [],
+            "linearized": record.linearized if record else [],
             "layers": record.layers if record else {},
             "skipped": record.skipped if record else {},
             "ptq": record.ptq if record else {},
@@ -173,7 +175,9 @@ def _read_meta(root: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{root} has format version {version!r}; this lowbit reads up to {FORMAT_VERSION}"
         )
-    for key, kind in (("layers", dict), ("folded", list), ("aliases", dict), ("skipped", dict)):
+    meta.setdefault("linearized", [])  # absent in artifacts written before it existed
+    for key, kind in (("layers", dict), ("folded", list), ("aliases", dict), ("skipped", dict),
+                      ("linearized", list)):  # fmt: skip
         if not isinstance(meta.get(key), kind):
             raise ArtifactError(f"{meta_path}: entry {key!r} is missing or malformed")
     if meta.get("config") is not None:
@@ -192,6 +196,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
 def _rebuild(model: nn.Module, meta: dict[str, Any]) -> None:
     """Turn the float skeleton into the saved structure (folds, then quantized shells)."""
     try:
+        linearize_(model, meta.get("linearized", []))  # as quantize did (GPT-2's Conv1D)
         apply_folds_(model, meta["folded"])
         for name, spec in meta["layers"].items():
             cls = LAYER_TYPES.get(spec.get("type")) if isinstance(spec, dict) else None
@@ -234,6 +239,7 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         model.lowbit_record = QuantizationRecord(
             config=meta["config"],
             folded=meta["folded"],
+            linearized=meta.get("linearized", []),
             layers=meta["layers"],
             skipped=meta["skipped"],
             ptq=meta.get("ptq", {}),

@@ -31,8 +31,32 @@ LAYER_TYPES: dict[str, type[QuantModule]] = {
 }
 
 
+# subclasses whose forward override computes exactly what the base class does
+_SAME_FORWARD = {"timm.layers.linear.Linear"}  # casts for TorchScript, then F.linear
+
+
+def _forward_override(module: nn.Module) -> str | None:
+    """Why a subclass's own ``forward`` rules out swapping it (None for the plain layer types).
+
+    A subclass that changes the computation (timm's ``Conv2dSame`` pads at run time,
+    ``StdConv2d`` standardizes its weight) would silently lose that in a quantized layer.
+    """
+    cls = type(module)
+    base = next(b for b in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding) if isinstance(module, b))
+    if cls.forward is base.forward or f"{cls.__module__}.{cls.__qualname__}" in _SAME_FORWARD:
+        return None
+    return (
+        f"{cls.__qualname__} overrides {base.__name__}.forward (its computation is not a plain "
+        f"{base.__name__.lower()}); left in float"
+    )
+
+
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why ``module`` cannot be quantized (None when it can)."""
+    if is_quantizable(module) and not isinstance(module, QuantModule):
+        override = _forward_override(module)
+        if override is not None:
+            return override
     if isinstance(module, nn.Linear):
         return None
     if isinstance(module, nn.Embedding):

@@ -114,6 +114,19 @@ class QuantModule(nn.Module):
         """The float weight the codes stand for (for reference paths and analysis)."""
         return dequantize_weight(self._quantized_weight(), self.scheme.weight)
 
+    def __getattr__(self, name: str):
+        """``layer.weight``, for model code that reads ``proj.weight.dtype`` / ``.device`` (ViT in
+        transformers does, every forward): the dequantized float weight, built on access.
+
+        The layer's own forward never reads it; it runs on the stored codes.
+        """
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "weight" and "qweight" in self._buffers:
+                return self.dequantized_weight()
+            raise
+
     def _per_channel_scale(self) -> torch.Tensor | None:
         """``[out]`` scale when the codes are symmetric integers with one scale per channel."""
         s = getattr(self, "weight_scale", None)

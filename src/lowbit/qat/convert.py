@@ -30,6 +30,7 @@ from lowbit.transforms.bn_fold import (
     fold_pair_,
     folded_replacement,
 )
+from lowbit.transforms.linearize import linearize_
 
 __all__ = ["prepare", "convert"]
 
@@ -73,6 +74,7 @@ def prepare(
         model = copy.deepcopy(model)
     model.eval()  # folding reads the running statistics
     record = QuantizationRecord(config=config)
+    record.linearized = linearize_(model)  # GPT-2's Conv1D projections as nn.Linear (exact)
     bn_pairs = {}
     if config.fold_batchnorm and freeze_bn_after > 0:
         bn_pairs = dict(find_conv_bn_pairs(model))
@@ -148,7 +150,11 @@ def convert(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             _set(model, name, qmodule)
             layers[name] = qmodule.layer_spec()
     model.lowbit_record = QuantizationRecord(
-        config=record.config, folded=record.folded, layers=layers, skipped=dict(record.skipped)
+        config=record.config,
+        folded=record.folded,
+        linearized=list(record.linearized),
+        layers=layers,
+        skipped=dict(record.skipped),
     )
     del model.lowbit_qat
     return model.eval()
