@@ -1,8 +1,8 @@
-"""timm coverage (issue 9): every architecture family quantized and run, W8A8 static and W4A16.
+"""timm coverage (issue 9): every architecture family quantized and run (W8A8, W4A16, -g128).
 
 For each model (random weights, eval mode, its default input size): the float output on 2
 random images; ``lowbit.quantize`` with W8A8 (2 calibration batches of 2 images) and with
-W4A16 (weights only, per channel); the quantized model's output SQNR against float; the layers
+W4A16 (weights only, per channel) and W4A16-g128 (groups of 128); the quantized model's output SQNR against float; the layers
 left in float with the reason (``model.lowbit_record.skipped``). A model that raises counts as a
 failure and its error is written in the table. Writes ``benchmarks/COVERAGE.md``.
 
@@ -60,7 +60,7 @@ FAMILIES = {
     "Visformer": ["visformer_tiny"],
     "CoaT": ["coat_lite_tiny"],
 }
-SCHEMES = ("W8A8", "W4A16")
+SCHEMES = ("W8A8", "W4A16", "W4A16-g128")
 
 
 def _input(model, batch: int, seed: int) -> torch.Tensor:
@@ -74,9 +74,19 @@ def _reasons(skipped: dict[str, str]) -> str:
     return "; ".join(f"{n} x {r}" for r, n in counts.most_common())
 
 
+def _random_head_(model) -> None:
+    """timm zero-initializes some classifiers (MLP-Mixer, ResMLP): their logits are all zero and
+    SQNR would be undefined; give such heads random weights like the rest of the model."""
+    with torch.no_grad():
+        for p in model.get_classifier().parameters():
+            if p.dim() >= 2 and not p.any():
+                torch.nn.init.normal_(p, std=0.02)
+
+
 def run_model(timm, family: str, arch: str) -> list[dict]:
     torch.manual_seed(0)
     model = timm.create_model(arch, pretrained=False).eval()
+    _random_head_(model)
     x = _input(model, 2, seed=1)
     calib = [_input(model, 2, seed=s) for s in (2, 3)]
     with torch.inference_mode():
@@ -136,7 +146,9 @@ def main() -> None:
         "# timm coverage (`python -m benchmarks.bench_coverage`)\n\n"
         f"{machine()}, timm {timm.__version__}. Random weights, default input size, 2 images; "
         "W8A8: static int8 activations calibrated on 2 batches of 2 random images; W4A16: 4-bit "
-        "weights per channel. SQNR: quantized vs float output on the same images (random "
+        "weights, one scale per output channel; W4A16-g128: one scale per group of 128 weights "
+        "(layers whose rows 128 does not divide stay float, listed). Classifier heads that timm "
+        "zero-initializes (MLP-Mixer, ResMLP) get random weights too. SQNR: quantized vs float output on the same images (random "
         "weights make it a fidelity check, not an accuracy figure). `float`: layers left in "
         "float, with the reason.\n\n"
         + format_table(summary(rows), list(summary(rows)[0]))

