@@ -172,3 +172,15 @@ def test_rescaled_variants_report_no_weight_error(setup):
                         schemes=["W4A8+cle", "W4A8"], min_time_s=0.01, progress=False)  # fmt: skip
     assert set(rep.row("W4A8+cle")["layer_sqnr_db"].values()) == {None}  # CLE rescales weights
     assert all(v > 10 for v in rep.row("W4A8")["layer_sqnr_db"].values())
+
+
+def test_a_variant_that_quantizes_nothing_says_so():
+    """Group size 128 divides none of these rows: the 'W4A16-g128' row is the float model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(16, 48)
+    rep = lowbit.report(model, calibration=[x], evaluate=lambda m: 1.0,
+                        schemes=["W4A16-g128", "W8A16"], min_time_s=0.01, progress=False)  # fmt: skip
+    _title, _cols, rows, _note = _table(rep, "Accuracy")
+    share = {r["variant"]: r["layers quantized"] for r in rows}
+    assert share == {"float32": "", "W4A16-g128": "0 (2 left float)", "W8A16": "2"}

@@ -135,6 +135,8 @@ class _Measurer:
             "layer_sqnr_db": self._layer_sqnr(layers, qmodel),
             "grid": self._grid(layers),
             "quantize_s": seconds,
+            "layers_quantized": len(record.layers) if record is not None else 0,
+            "layers_float": len(record.skipped) if record is not None else 0,
         }
 
     def _weight_traffic(self, module: nn.Module, name: str) -> float:

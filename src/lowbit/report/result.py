@@ -56,7 +56,9 @@ class Report:
                  "size reduction": f"{100 * (1 - r['size_bytes'] / f['size_bytes']):.1f} %"}
                 for r in self._in("precision")]  # fmt: skip
         acc = [{"variant": r["variant"], m: f"{r['metric']:.4f}",
-                "change": f"{r['metric'] - f['metric']:+.4f}"} for r in self.rows]  # fmt: skip
+                "change": f"{r['metric'] - f['metric']:+.4f}",
+                "layers quantized": "" if r is f else _quantized_share(r)}
+               for r in self.rows]  # fmt: skip
         lat = [{"variant": r["variant"], "batch 1 ms": f"{r['latency_b1_ms']:.3f}",
                 "speed-up b1": ratio(f["latency_b1_ms"], r["latency_b1_ms"]),
                 f"batch {self.meta['batch_size']} ms": f"{r['latency_bn_ms']:.2f}",
@@ -86,8 +88,9 @@ class Report:
             ("Size and compression per precision", ["variant", "bits/weight", "size KiB",
              "compression", "size reduction"], size,
              "Artifact bytes on disk (lowbit.save); compression = float32 size / size."),
-            (f"Accuracy: float vs quantized ({m})", ["variant", m, "change"], acc,
-             "Through the user's evaluate function; change = variant − float32."),
+            (f"Accuracy: float vs quantized ({m})", ["variant", m, "change", "layers quantized"],
+             acc, "Through the user's evaluate function; change = variant − float32; a variant "
+             "with 0 layers quantized is the float model (every layer fell back, see the log)."),
             ("Latency", list(lat[0]), lat,
              "Medians of repeated runs, float32 timed in the same run; speed-up = float / variant."),
             (f"Energy per batch of {self.meta['batch_size']} (estimate)", list(energy[0]), energy,
@@ -204,3 +207,9 @@ text-align:right}}th{{background:#eee}}td:first-child,th:first-child{{text-align
 {body}
 </body></html>
 """
+
+
+def _quantized_share(row: dict[str, Any]) -> str:
+    """``"12"`` or ``"0 (5 left float)"``: layers stored quantized, and those that fell back."""
+    q, f = row.get("layers_quantized", 0), row.get("layers_float", 0)
+    return f"{q} ({f} left float)" if f else str(q)
