@@ -13,6 +13,7 @@ minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 import traceback
@@ -70,17 +71,33 @@ def _input(model, batch: int, seed: int) -> torch.Tensor:
 
 def _reasons(skipped: dict[str, str]) -> str:
     """``"3 x reason; 1 x other"``, most common first."""
-    counts = Counter(skipped.values())
-    return "; ".join(f"{n} x {r}" for r, n in counts.most_common())
+    counts = Counter(r.split(";")[0] for r in skipped.values())  # the reason, not the advice
+    return _compact("; ".join(f"{n} x {r}" for r, n in counts.most_common()))
+
+
+def _compact(why: str) -> str:
+    """Merge ``"3 x ... row length 192; 1 x ... row length 27"`` into one entry per reason,
+    the numbers that differ listed once: ``"4 x ... row length (192, 27)"``."""
+    merged: dict[str, tuple[int, list[str]]] = {}
+    for part in filter(None, (p.strip() for p in why.split("; "))):
+        n, _, reason = part.partition(" x ")
+        lengths = re.findall(r"row length (\d+)", reason)
+        key = re.sub(r"row length \d+", "row length", reason)
+        count, seen = merged.get(key, (0, []))
+        merged[key] = (count + int(n), seen + [v for v in lengths if v not in seen])
+    return "; ".join(f"{n} x {k}" + (f" ({', '.join(v)})" if v else "")
+                     for k, (n, v) in merged.items())  # fmt: skip
 
 
 def _random_head_(model) -> None:
     """timm zero-initializes some classifiers (MLP-Mixer, ResMLP): their logits are all zero and
     SQNR would be undefined; give such heads random weights like the rest of the model."""
+    heads = model.get_classifier()  # LeViT: a (head, distillation head) tuple
     with torch.no_grad():
-        for p in model.get_classifier().parameters():
-            if p.dim() >= 2 and not p.any():
-                torch.nn.init.normal_(p, std=0.02)
+        for head in heads if isinstance(heads, tuple | list) else (heads,):
+            for p in head.parameters() if isinstance(head, torch.nn.Module) else ():
+                if p.dim() >= 2 and not p.any():
+                    torch.nn.init.normal_(p, std=0.02)
 
 
 def run_model(timm, family: str, arch: str) -> list[dict]:
@@ -125,11 +142,37 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _compact_file(path: Path) -> None:
+    """Re-render the per-model table of an existing coverage file with compact reasons."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| family"))
+    cols = [c.strip() for c in lines[header].strip("|").split("|")]
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows.append(dict(zip(cols, cells, strict=True)) | {"why float": _compact(cells[-1])})
+    end = header + 2 + len(rows)
+    text = (
+        "\n".join(lines[:header]) + "\n" + format_table(rows, cols) + "\n" + "\n".join(lines[end:])
+    )
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", help="timm names (default: the FAMILIES list)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("COVERAGE.md")))
+    parser.add_argument(
+        "--compact",
+        action="store_true",
+        help="only rewrite the 'why float' column of an existing --out file",
+    )
     args = parser.parse_args()
+    if args.compact:
+        _compact_file(Path(args.out))
+        return
     warnings.simplefilter("ignore")
     from lowbit.compat import import_timm
 

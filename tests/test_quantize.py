@@ -383,3 +383,51 @@ def test_multihead_attention_out_proj_stays_float():
     with torch.no_grad():
         out, _ = q.attn(x, x, x)
     assert out.shape == (2, 5, 8)
+
+
+def test_recurrent_and_bilinear_layers_are_listed_as_float():
+    model = nn.Sequential()
+    model.rnn = nn.LSTM(8, 8, batch_first=True)
+    model.gru = nn.GRU(8, 8)
+    model.bil = nn.Bilinear(4, 4, 2)
+    model.fc = nn.Linear(8, 8)
+    q = lowbit.quantize(model, "W8A16")
+    skipped = q.lowbit_record.skipped
+    assert {"rnn", "gru", "bil"} <= set(skipped)
+    assert "LSTM has no quantized implementation" in skipped["rnn"]
+    assert "fc" in q.lowbit_record.layers
+
+
+def test_nan_activations_stop_the_ptq_algorithms_naming_the_layer():
+    class Blowup(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x) / 0.0)  # Inf (and NaN at 0/0) from here on
+
+    torch.manual_seed(0)
+    calib = [torch.randn(8, 16)]
+    for algorithm in ("gptq", "adaround", "awq", "smoothquant", "bias_correction"):
+        with pytest.raises(CalibrationError, match="layer 'b'.*NaN|layer 'b'.*Inf"):
+            lowbit.quantize(Blowup(), "W4A8" if algorithm != "awq" else "W4A16",
+                            calibration=calib, algorithm=algorithm)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_calibration_of_the_wrong_dtype_says_how_to_fix_it(dtype):
+    model = nn.Sequential(nn.Linear(16, 8))
+    with pytest.raises(CalibrationError, match="convert them to the model's dtype"):
+        lowbit.quantize(model, "W8A8", calibration=[torch.ones(4, 16, dtype=dtype)])
+
+
+def test_an_exhausted_generator_is_an_empty_calibration():
+    gen = (torch.randn(4, 16) for _ in range(2))
+    list(gen)
+    with pytest.raises(CalibrationError, match="empty"):
+        lowbit.quantize(nn.Sequential(nn.Linear(16, 8)), "W8A8", calibration=gen)
+    one_shot = (torch.randn(4, 16) for _ in range(2))  # read once, then reused by GPTQ
+    q = lowbit.quantize(nn.Sequential(nn.Linear(16, 8)), "W4A16", calibration=one_shot,
+                        algorithm="gptq")  # fmt: skip
+    assert "0" in q.lowbit_record.layers

@@ -86,9 +86,7 @@ def run_model(
                 model(*args, **kwargs)
             except (TypeError, RuntimeError, ValueError) as exc:
                 raise CalibrationError(
-                    f"the model failed on calibration batch {count}: {exc}. Tuples are passed as "
-                    "positional arguments, so for (inputs, labels) pairs pass "
-                    "[x for x, _ in loader]"
+                    f"the model failed on calibration batch {count}: {exc}{_hint(args, exc)}"
                 ) from exc
             count += 1
     if count == 0:
@@ -143,3 +141,17 @@ def collect_input_ranges(
                 percentile=spec.percentile,
             )
     return ranges
+
+
+def _hint(args: tuple, exc: Exception) -> str:
+    """A fix for the usual causes: (inputs, labels) pairs, integer or float64 tensors."""
+    if isinstance(exc, CalibrationError):
+        return ""  # already names the layer and the cause (NaN/Inf inputs)
+    dtypes = {a.dtype for a in args if isinstance(a, torch.Tensor)}
+    if dtypes & {torch.float64, torch.int64, torch.int32, torch.uint8} and "dtype" in str(exc):
+        return (f". The batch holds {sorted(str(d) for d in dtypes)} tensors; convert them to "
+                "the model's dtype (e.g. x.float()) or pass what the model takes")  # fmt: skip
+    if len(args) > 1:
+        return (". Tuples are passed as positional arguments, so for (inputs, labels) pairs "
+                "pass [x for x, _ in loader]")  # fmt: skip
+    return ""

@@ -26,8 +26,8 @@ from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import CalibrationError, ConfigError, InvalidModelError
 from lowbit.granularity import GranularityKind
-from lowbit.nn import is_quantizable, layer_class, unsupported_reason
-from lowbit.nn.base import check_finite, static_input_qparams
+from lowbit.nn import QuantModule, is_quantizable, layer_class, unsupported_reason
+from lowbit.nn.base import static_input_qparams
 from lowbit.presets import get_preset
 from lowbit.ptq.capture import materialize
 from lowbit.ptq.options import PTQOptions, parse_algorithms
@@ -91,8 +91,22 @@ def _check_model(model: Any) -> None:
         raise InvalidModelError(
             f"lowbit.quantize takes a torch.nn.Module, got {type(model).__name__}"
         )
+    done = next(((n, m) for n, m in model.named_modules()
+                 if isinstance(m, QuantModule) or hasattr(m, "to_quantized")), None)  # fmt: skip
+    if done is not None:
+        raise InvalidModelError(
+            f"the model is already quantized by lowbit (layer {done[0]!r} is a "
+            f"{type(done[1]).__name__}); quantize the float model instead (quantizing codes "
+            "again would compound the rounding), or lowbit.load a saved artifact"
+        )
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        check_finite(tensor.detach(), f"parameter {name!r}")
+        bad = int((~torch.isfinite(tensor.detach())).sum()) if tensor.is_floating_point() else 0
+        if bad:
+            raise InvalidModelError(
+                f"parameter {name!r} contains {bad} NaN/Inf value(s); lowbit cannot quantize a "
+                "model with non-finite weights (calibration and BatchNorm folding would spread "
+                "them). Fix or re-train the model"
+            )
 
 
 def _plan(model: nn.Module, config: QuantConfig, record: QuantizationRecord) -> dict[str, Any]:

@@ -14,7 +14,6 @@ the safetensors header and lowbit.json only, so it measures the file, not the mo
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -32,11 +31,13 @@ _BYTES = {"U8": 1, "I8": 1, "I16": 2, "F16": 2, "BF16": 2, "I32": 4, "F32": 4, "
 
 def bits_per_weight(path: str | os.PathLike) -> float:
     """Measured storage bits per weight of the quantized layers in the artifact at ``path``."""
+    from lowbit.serialization import _read_meta
+
     root = Path(path)
-    meta = json.loads((root / "lowbit.json").read_text(encoding="utf-8"))
+    meta = _read_meta(root)  # validated, and names the tensor file (format 1 or 2)
     packed = meta.get("packed") or {}
     total_bytes, n_weights = 0, 0
-    with safe_open(str(root / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(meta["_tensor_path"]), framework="pt") as f:
         stored = set(f.keys())
         for name in meta.get("layers", {}):
             prefix = f"{name}." if name else ""

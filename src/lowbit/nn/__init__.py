@@ -67,8 +67,11 @@ def unsupported_reason(module: nn.Module) -> str | None:
         if isinstance(module.padding, str):
             return f"padding={module.padding!r} (give integer padding)"
         return None
-    if isinstance(module, nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d):
+    if isinstance(module, nn.Conv3d | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
+                  | nn.RNNBase | nn.Bilinear):  # fmt: skip
         return f"{type(module).__name__} has no quantized implementation yet"
+    if isinstance(module, nn.MultiheadAttention):
+        return "nn.MultiheadAttention's fused in-projection is a bare parameter; left in float"
     return None
 
 

@@ -57,7 +57,7 @@ def call_model(model: nn.Module, batch: Batch) -> Any:
     args, kwargs = batch
     try:
         return model(*args, **kwargs)
-    except _Stop:
+    except (_Stop, _BadInput):
         raise
     except (TypeError, RuntimeError, ValueError) as exc:
         raise CalibrationError(f"the model failed on a calibration batch: {exc}") from exc
@@ -77,6 +77,7 @@ def layer_inputs(
     def hook(module: nn.Module, args: tuple) -> None:
         if id(module) not in found and args and isinstance(args[0], torch.Tensor):
             found[id(module)] = args[0].detach()
+            _check_finite_input(model, module, found[id(module)])
         if len(found) == len(wanted):
             raise _Stop
 
@@ -90,6 +91,24 @@ def layer_inputs(
         for h in handles:
             h.remove()
     return [found.get(id(m)) for m in modules]
+
+
+def _check_finite_input(model: nn.Module, module: nn.Module, x: torch.Tensor) -> None:
+    """NaN/Inf inputs would reach the algorithms' solvers (GPTQ's Cholesky, AWQ's search) and
+    fail there, far from the cause, or pass silently (AdaRound): stop here, naming the layer."""
+    if not x.is_floating_point() or bool(torch.isfinite(x).all()):
+        return
+    name = next((n for n, m in model.named_modules() if m is module), type(module).__name__)
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    raise _BadInput(
+        f"the input of layer {name!r} has {n_nan} NaN and {n_inf} Inf values on a calibration "
+        "batch; check the calibration data, and the layers before this one (an overflow or a "
+        "division by zero)"
+    )
+
+
+class _BadInput(CalibrationError):
+    """Non-finite calibration activations (passed through ``call_model`` unchanged)."""
 
 
 def execution_order(

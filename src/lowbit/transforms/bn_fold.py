@@ -181,4 +181,8 @@ def apply_folds_(skeleton: nn.Module, folded: list[dict[str, object]]) -> None:
         conv = _get(skeleton, str(item["conv"]))
         if item["bias_added"] and conv.bias is None:
             conv.bias = nn.Parameter(torch.zeros(conv.out_channels), requires_grad=False)
-        _set(skeleton, str(item["bn"]), folded_replacement(_get(skeleton, str(item["bn"]))))
+        bn = _get(skeleton, str(item["bn"]))
+        replacement = folded_replacement(bn)
+        if replacement is None:
+            raise ValueError(f"{item['bn']} is a {type(bn).__name__}, not a foldable BatchNorm")
+        _set(skeleton, str(item["bn"]), replacement)
