@@ -79,3 +79,11 @@ def test_presets_command_lists_every_preset(capsys):
     out = capsys.readouterr().out
     for name in lowbit.preset_names():
         assert name in out
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_info_on_a_broken_artifact_is_a_clear_error(tmp_path, capsys, content):
+    (tmp_path / "lowbit.json").write_text(content)
+    assert main(["info", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "lowbit.json" in err and "Traceback" not in err

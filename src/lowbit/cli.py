@@ -165,17 +165,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    meta_path = Path(args.artifact) / "lowbit.json"
-    if not meta_path.is_file():
-        raise LowbitError(f"{args.artifact} is not a lowbit artifact (no lowbit.json)")
-    meta = json.loads(meta_path.read_text())
+    from lowbit.serialization import _read_meta
+
+    meta = _read_meta(Path(args.artifact))  # the loader's checks: a clear error, no traceback
     print(
         f"{args.artifact}: {lowbit.artifact_size(args.artifact):,} bytes, format "
-        f"v{meta.get('format_version')}"
+        f"v{meta['format_version']}, tensors in {meta['_tensor_path'].name}"
     )
-    for name, spec in meta.get("layers", {}).items():
-        print(f"  {name}: {spec.get('type')} {spec.get('scheme', {}).get('name')}")
-    for name, reason in meta.get("skipped", {}).items():
+    for name, spec in meta["layers"].items():
+        print(f"  {name}: {spec.get('type')} {(spec.get('scheme') or {}).get('name')}")
+    for name, reason in meta["skipped"].items():
         print(f"  {name}: float ({reason})")
     return 0
 
