@@ -45,12 +45,25 @@ def check_meta_types(meta: dict[str, Any], where: str) -> None:
     for name, spec in meta["layers"].items():
         if not isinstance(spec, dict) or not isinstance(spec.get("scheme", {}), dict | None):
             raise ArtifactError(f"{where}: layer {name!r} has a malformed spec")
+        if spec.get("scheme") is not None:
+            _check_scheme(spec["scheme"], f"{where}: layer {name!r}")
     for key, info in meta["packed"].items():
         if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
             raise ArtifactError(f"{where}: packed tensor {key!r} has a malformed description")
         shape = info["shape"]
         if not all(type(s) is int and s >= 0 for s in shape) or len(shape) > 8:
             raise ArtifactError(f"{where}: packed tensor {key!r} has an invalid shape {shape!r}")
+
+
+def _check_scheme(scheme: dict, where: str) -> None:
+    """The layer's scheme parses (the same parser ``from_spec`` uses), so rebuilding cannot fail
+    half-way on a malformed one."""
+    from lowbit.config import QuantScheme
+
+    try:
+        QuantScheme.from_dict(scheme)
+    except (ConfigError, TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        raise ArtifactError(f"{where} has an invalid scheme ({exc})") from None
 
 
 def check_tensors_fit(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
