@@ -431,3 +431,13 @@ def test_an_exhausted_generator_is_an_empty_calibration():
     q = lowbit.quantize(nn.Sequential(nn.Linear(16, 8)), "W4A16", calibration=one_shot,
                         algorithm="gptq")  # fmt: skip
     assert "0" in q.lowbit_record.layers
+
+
+def test_all_zero_calibration_warns_and_gives_a_valid_grid():
+    model = nn.Sequential(nn.Linear(16, 8))
+    with pytest.warns(UserWarning, match="saw only the value 0"):
+        q = lowbit.quantize(model, "W8A8", calibration=[torch.zeros(4, 16)])
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.isfinite(q(x)).all()
+    assert float(q[0].input_scale) > 0

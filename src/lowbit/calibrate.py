@@ -11,6 +11,7 @@ arguments (``model(**kwargs)``). A bare tensor counts as one batch.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -140,6 +141,15 @@ def collect_input_ranges(
                 spec.symmetric,
                 percentile=spec.percentile,
             )
+            lo, hi = observers[name].minmax()
+            if float((hi - lo).abs().max()) == 0.0:
+                warnings.warn(
+                    f"layer {name!r} saw only the value {float(lo.flatten()[0]):g} on every "
+                    "calibration batch: its input grid has no width and other inputs will be "
+                    "clipped; calibrate on real data (or use a dynamic scheme)",
+                    UserWarning,
+                    stacklevel=4,
+                )
     return ranges
 
 
