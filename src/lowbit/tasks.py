@@ -168,7 +168,9 @@ class Problem:
 
 # application tasks beyond the two demo classifiers: name -> "module:function" returning a
 # Problem for (seed, batch); imported only when asked for
-APP_TASKS: dict[str, str] = {}
+APP_TASKS: dict[str, str] = {
+    "detection": "lowbit.apps.detection:problem",
+}
 
 
 def task_names() -> list[str]:
