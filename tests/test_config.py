@@ -247,3 +247,142 @@ def test_unparsable_recipe_text_raises_config_error(loader: str) -> None:
             QuantConfig.from_json("{not json")
         else:
             QuantConfig.from_yaml("scheme: [unclosed")
+
+
+# -- bad input names the field it is in (issue 10) ---------------------------------------------
+def _w8a8_with(path: tuple, value) -> dict:
+    """``QuantConfig(W8A8).to_dict()`` with the entry at ``path`` set (or deleted: ``...``)."""
+    data = QuantConfig(get_preset("W8A8")).to_dict()
+    parent = data
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is ...:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        (("overrides",), [{"pattern": "x"}], r"QuantConfig\.overrides\[0\]: an override is"),
+        (("overrides",), [[1]], r"QuantConfig\.overrides\[0\]: an override is a \(pattern"),
+        (("overrides",), [["fc", 5]], r"QuantConfig\.overrides\[0\]\.scheme: must be a"),
+        (("overrides",), [[5, get_preset("W8A16")]], r"overrides\[0\]\.pattern: must be a str"),
+        (("overrides",), "fc", r"QuantConfig\.overrides: must be a list"),
+        (("ptq_options", "max_rows"), "abc", r"QuantConfig\.ptq_options\.max_rows: .*integer"),
+        (("ptq_options", "gptq_percdamp"), -1, r"ptq_options\.gptq_percdamp: .*\(0\.0, 1\.0\]"),
+        (("ptq_options",), [1], r"QuantConfig\.ptq_options: must be a PTQOptions"),
+        (("scheme", "weight"), 5, r"QuantConfig\.scheme\.weight: must be a TensorQuantSpec"),
+        (("scheme", "weight", "format"), "int9x", r"scheme\.weight\.format: .*'int9'"),
+        (("scheme", "weight", "symmetric"), "no", r"scheme\.weight\.symmetric: .*true or false"),
+        (("scheme", "weight", "percentile"), "x", r"scheme\.weight\.percentile: must be in"),
+        (("scheme", "weight", "granularity"), 5, r"scheme\.weight\.granularity: .*per_group:128"),
+        (("scheme", "activation", "bits"), 8, r"QuantConfig\.scheme\.activation: unknown"),
+        (("scheme", "name"), 5, r"QuantConfig\.scheme\.name: must be a string"),
+        (("scheme", "mode"), ..., r"QuantConfig\.scheme: invalid QuantScheme: missing .*'mode'"),
+        (("fold_batchnorm",), "no", r"QuantConfig\.fold_batchnorm: must be true or false"),
+        (("include",), [1, 2], r"QuantConfig\.include\[0\]: a pattern is a string"),
+        (("exclude",), 5, r"QuantConfig\.exclude: must be a module-name glob"),
+        (("algorithms",), 3, r"QuantConfig\.algorithms: algorithms are a name or a list"),
+        (("algorithms",), ["gptq", 1], r"QuantConfig\.algorithms\[1\]: an algorithm is a name"),
+        (("version",), True, r"QuantConfig\.version: must be a config format version"),
+        (("version",), "1", r"QuantConfig\.version"),
+        (("version",), 0, r"QuantConfig\.version"),
+    ],
+)
+def test_bad_fields_raise_config_errors_naming_the_field(path, value, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        QuantConfig.from_dict(_w8a8_with(path, value))
+
+
+def test_errors_inside_overrides_name_their_index() -> None:
+    bad = get_preset("W4A16").to_dict()
+    bad["weight"]["format"] = "uint99"
+    data = {"scheme": get_preset("W8A8").to_dict(), "overrides": [
+        {"pattern": "fc1", "scheme": get_preset("W8A16").to_dict()},
+        {"pattern": "fc2", "scheme": bad},
+    ]}  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"^QuantConfig\.overrides\[1\]\.scheme\.weight\.format: "
+    ):
+        QuantConfig.from_dict(data)
+
+
+def test_overrides_may_be_a_mapping_and_algorithms_any_case() -> None:
+    cfg = QuantConfig(get_preset("W8A8"), overrides={"fc": get_preset("W8A16")},
+                      algorithms=["AWQ", " GPTQ "])  # fmt: skip
+    assert cfg.overrides == (("fc", get_preset("W8A16")),)
+    assert cfg.algorithms == ("awq", "gptq")
+    assert QuantConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("loader", [QuantConfig.from_json, QuantConfig.from_yaml])
+@pytest.mark.parametrize("text", [None, 5, "[" * 100_000, 'x: "\\U80001000"'])
+def test_recipe_loaders_refuse_non_text_and_hostile_text(loader, text) -> None:
+    with pytest.raises(ConfigError, match="config"):
+        loader(text)
+
+
+# -- PTQOptions and algorithm lists -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"gptq_percdamp": "abc"},
+            r"PTQOptions\.gptq_percdamp: must be a number in \(0\.0, 1\.0\]",
+        ),
+        ({"gptq_percdamp": -1}, "gptq_percdamp"),
+        ({"gptq_percdamp": float("nan")}, "gptq_percdamp"),
+        ({"gptq_percdamp": 0}, "gptq_percdamp"),
+        ({"max_rows": "abc"}, r"PTQOptions\.max_rows: must be an integer >= 1, got 'abc'"),
+        ({"max_rows": 10.0}, "max_rows"),
+        ({"max_rows": True}, "max_rows"),
+        ({"adaround_lr": -1}, r"PTQOptions\.adaround_lr: must be a number in \(0\.0, inf\)"),
+        ({"adaround_lr": float("inf")}, "adaround_lr"),
+        ({"adaround_lambda": -0.5}, "adaround_lambda"),
+        ({"smoothquant_alpha": 2}, r"smoothquant_alpha: must be a number in \[0\.0, 1\.0\]"),
+        ({"smoothquant_alpha": "0.5"}, "smoothquant_alpha"),
+        ({"gptq_act_order": "yes"}, r"PTQOptions\.gptq_act_order: must be True or False"),
+        ({"cle_sweeps": 0}, r"PTQOptions\.cle_sweeps: must be an integer >= 1, got 0"),
+        ({"awq_grid": 10**40 * 1.0}, "awq_grid"),
+    ],
+)
+def test_ptq_options_validate_types_and_ranges(kwargs, match) -> None:
+    from lowbit.ptq.options import PTQOptions
+
+    with pytest.raises(ConfigError, match=match):
+        PTQOptions(**kwargs)
+
+
+def test_ptq_options_accept_ints_for_real_fields() -> None:
+    from lowbit.ptq.options import PTQOptions
+
+    opts = PTQOptions(adaround_lambda=2, gptq_percdamp=1, smoothquant_alpha=0, search_rows=10**9)
+    assert opts.adaround_lambda == 2 and opts.smoothquant_alpha == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (3, "a name or a list of names"),
+        ({"gptq": 1}, "a name or a list of names"),
+        ([None], r"algorithms\[0\]: an algorithm is a name"),
+        ("GPTQQ", "did you mean 'gptq'"),
+        (["gptq", "GPTQ"], "names an algorithm twice"),
+    ],
+)
+def test_parse_algorithms_rejects_bad_values(value, match) -> None:
+    from lowbit.ptq.options import parse_algorithms
+
+    with pytest.raises(ConfigError, match=match):
+        parse_algorithms(value)
+
+
+def test_parse_algorithms_is_case_insensitive() -> None:
+    from lowbit.ptq.options import parse_algorithms
+
+    assert parse_algorithms("GPTQ") == ("gptq",)
+    assert parse_algorithms(("CLE", "Bias_Correction")) == ("cle", "bias_correction")
+    assert parse_algorithms(None) == parse_algorithms([]) == ()

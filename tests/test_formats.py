@@ -138,3 +138,39 @@ def test_low_bit_formats_out_of_range_raise(name: str, match: str) -> None:
 def test_grid_names_are_canonical() -> None:
     assert get_format("nf04") == get_format("NF4") == GridFormat("nf4")
     assert get_format(" Pot3 ").name == "pot3" and get_format("kmeans016").name == "kmeans16"
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: IntFormat(bits=8.5), r"IntFormat\.bits: .*2..16 bits, got 8\.5"),
+        (lambda: IntFormat(bits="8"), r"IntFormat\.bits: .*got '8'"),
+        (lambda: IntFormat(bits=True), r"IntFormat\.bits"),
+        (lambda: IntFormat(bits=8, signed="yes"), r"IntFormat\.signed: must be True or False"),
+        (lambda: CodebookFormat(k=2.5), r"CodebookFormat\.k: .*k = 2..256 entries, got 2\.5"),
+        (lambda: CodebookFormat(k="16"), r"CodebookFormat\.k"),
+        (lambda: GridFormat(5), r"GridFormat\.name: must be a name like 'nf4'"),
+        (lambda: GridFormat("nf4\n"), "unknown grid format"),
+        (lambda: FloatFormat(["fp16"]), "unknown float format"),
+    ],
+)
+def test_direct_construction_checks_field_types(make, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [("int9x", "'int9'"), ("nt8", "'int8'"), ("fp8", "'nf8'"), ("kmean16", "'kmeans16'")]
+    + [("ternery", "'ternary'"), ("bf61", "'bf16'")],
+)
+def test_unknown_names_suggest_a_close_match(name: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError, match=f"did you mean {suggestion}") as info:
+        get_format(name)
+    assert "int2..int16" in str(info.value)  # and still list the choices
+
+
+@pytest.mark.parametrize("name", ["e4m3", "int" + "9" * 5000, "int٨", "zzzzzz"])
+def test_names_without_a_close_match_or_with_odd_digits_raise(name: str) -> None:
+    with pytest.raises(ConfigError, match="unknown number format"):
+        get_format(name)

@@ -90,3 +90,29 @@ def test_group_size_only_for_per_group() -> None:
         Granularity(GranularityKind.PER_TENSOR, group_size=8)
     with pytest.raises(ConfigError, match="positive group_size"):
         Granularity(GranularityKind.PER_GROUP)
+
+
+@pytest.mark.parametrize(("text", "shape"), [("per_channel:5", (4, 6)), ("per_channel:-3", (4, 6))])
+def test_per_channel_axis_out_of_range_raises(text: str, shape) -> None:
+    with pytest.raises(ConfigError, match=r"has 2 dims \(axes -2..1\)"):
+        Granularity.parse(text).block_size(shape)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Granularity("per_group", group_size=2.5), r"Granularity\.group_size: .*got 2\.5"),
+        (lambda: Granularity("per_group", group_size=True), "positive group_size"),
+        (lambda: Granularity("per_row"), r"Granularity\.kind: unknown granularity 'per_row'"),
+        (lambda: Granularity("per_channel", axis=1.0), r"Granularity\.axis: must be an integer"),
+        (lambda: Granularity("per_tensor", axis=1), "only applies to per_channel"),
+        (lambda: Granularity.parse(5), "a granularity is a name like 'per_channel'"),
+        (lambda: Granularity.parse(None), "got NoneType"),
+        (lambda: Granularity.parse("per_group:²"), "needs a size"),
+        (lambda: Granularity.parse("per_group:" + "1" * 5000), "needs a size"),
+        (lambda: Granularity.parse("per_channel:١"), "axis must be an integer"),
+    ],
+)
+def test_bad_values_raise_config_errors(make, match) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make()

@@ -441,3 +441,23 @@ def test_all_zero_calibration_warns_and_gives_a_valid_grid():
     with torch.no_grad():
         assert torch.isfinite(q(x)).all()
     assert float(q[0].input_scale) > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"include": 5}, "include must be a module-name glob"),
+        ({"exclude": 5}, "exclude must be a module-name glob"),
+        ({"overrides": 5}, "overrides is {pattern: scheme}"),
+        ({"include": [1, 2]}, "a pattern is a string glob"),
+    ],
+)
+def test_targeting_arguments_of_the_wrong_type_raise_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        lowbit.quantize(nn.Sequential(nn.Linear(16, 8)), "W8A16", **kwargs)
+
+
+def test_overrides_may_be_a_list_of_pairs():
+    q = lowbit.quantize(nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4)), "W4A16",
+                        overrides=[("1", "W8A16"), ("0", None)])  # fmt: skip
+    assert list(q.lowbit_record.layers) == ["1"] and "0" in q.lowbit_record.skipped

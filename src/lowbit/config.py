@@ -13,13 +13,16 @@ True
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, fields, replace
 from enum import Enum
+from numbers import Integral, Real
 from typing import Any
 
 import yaml
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, field_error, in_field
 from lowbit.formats import CodebookFormat, FloatFormat, IntFormat, WeightFormat, get_format
 from lowbit.granularity import Granularity, GranularityKind
 from lowbit.ptq.options import PTQOptions, parse_algorithms
@@ -60,15 +63,18 @@ class TensorQuantSpec:
     percentile: float = 99.99
 
     def __post_init__(self) -> None:
-        fmt = get_format(self.format)
-        if isinstance(fmt, FloatFormat):
-            raise ConfigError(
-                f"TensorQuantSpec takes an integer, grid or codebook format, got {self.format!r}; "
-                "for fp16/bf16 use a cast scheme (presets 'FP16', 'BF16')"
-            )
+        with in_field("TensorQuantSpec", "format"):
+            fmt = get_format(self.format)
+            if isinstance(fmt, FloatFormat):
+                raise ConfigError(
+                    f"{self.format!r} is a float format; a spec takes an integer, grid or codebook "
+                    "format. For fp16/bf16 use a cast scheme (presets 'FP16', 'BF16')"
+                )
         object.__setattr__(self, "format", fmt.name)
-        gran = Granularity.parse(self.granularity)
+        with in_field("TensorQuantSpec", "granularity"):
+            gran = Granularity.parse(self.granularity)
         object.__setattr__(self, "granularity", str(gran))
+        _check_bool("TensorQuantSpec", "symmetric", self.symmetric)
         if not isinstance(fmt, IntFormat) and not self.symmetric:
             raise ConfigError(f"{fmt.name} is symmetric by construction; drop symmetric=False")
         if isinstance(fmt, CodebookFormat) and (
@@ -83,11 +89,18 @@ class TensorQuantSpec:
             object.__setattr__(self, "range_method", RangeMethod(self.range_method))
         except ValueError:
             choices = ", ".join(m.value for m in RangeMethod)
-            raise ConfigError(
-                f"unknown range_method {self.range_method!r}; use {choices}"
+            raise field_error(
+                "TensorQuantSpec",
+                ("range_method",),
+                f"unknown range_method {self.range_method!r}; use {choices}",
             ) from None
-        if not 0.0 < self.percentile <= 100.0:
-            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+        p = self.percentile
+        if not _is_real(p) or not 0.0 < p <= 100.0:
+            raise field_error(
+                "TensorQuantSpec",
+                ("percentile",),
+                f"must be in (0, 100] (the kept mass, e.g. 99.99), got {p!r}",
+            )
 
     @property
     def number_format(self) -> WeightFormat:
@@ -125,15 +138,20 @@ class QuantScheme:
     compute_dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise field_error(
+                "QuantScheme", ("name",), f"must be a string label, got {type(self.name).__name__}"
+            )
         try:
             object.__setattr__(self, "mode", QuantMode(self.mode))
         except ValueError:
             choices = ", ".join(m.value for m in QuantMode)
-            raise ConfigError(f"unknown mode {self.mode!r}; use one of {choices}") from None
-        if isinstance(self.weight, dict):
-            object.__setattr__(self, "weight", TensorQuantSpec(**self.weight))
-        if isinstance(self.activation, dict):
-            object.__setattr__(self, "activation", TensorQuantSpec(**self.activation))
+            raise field_error(
+                "QuantScheme", ("mode",), f"unknown mode {self.mode!r}; use one of {choices}"
+            ) from None
+        for name in ("weight", "activation"):
+            with in_field("QuantScheme", name):
+                object.__setattr__(self, name, _as_spec(getattr(self, name)))
         self._validate()
 
     def _validate(self) -> None:
@@ -197,33 +215,35 @@ class QuantConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if isinstance(self.scheme, dict):
-            object.__setattr__(self, "scheme", QuantScheme.from_dict(self.scheme))
-        if not isinstance(self.scheme, QuantScheme):
-            raise ConfigError(f"QuantConfig.scheme must be a QuantScheme, got {type(self.scheme)}")
+        with in_field("QuantConfig", "scheme"):
+            object.__setattr__(self, "scheme", _as_scheme(self.scheme))
         for name in ("include", "exclude"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value or ()))
-        pairs = []
-        for item in self.overrides or ():
-            pattern, scheme = (
-                item if not isinstance(item, dict) else (item["pattern"], item["scheme"])
+            object.__setattr__(self, name, _patterns(name, getattr(self, name)))
+        object.__setattr__(self, "overrides", _override_pairs(self.overrides))
+        _check_bool("QuantConfig", "fold_batchnorm", self.fold_batchnorm)
+        with in_field("QuantConfig", "algorithms"):
+            object.__setattr__(self, "algorithms", parse_algorithms(self.algorithms))
+        with in_field("QuantConfig", "ptq_options"):
+            if isinstance(self.ptq_options, Mapping):
+                object.__setattr__(self, "ptq_options", _from_plain(PTQOptions, self.ptq_options))
+            if not isinstance(self.ptq_options, PTQOptions):
+                raise ConfigError(
+                    "must be a PTQOptions (or a dict of its fields), "
+                    f"got {type(self.ptq_options).__name__}"
+                )
+        v = self.version
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise field_error(
+                "QuantConfig",
+                ("version",),
+                f"must be a config format version (an integer >= 1; this lowbit reads up to "
+                f"{CONFIG_VERSION}), got {v!r}",
             )
-            if isinstance(scheme, dict):
-                scheme = QuantScheme.from_dict(scheme)
-            pairs.append((str(pattern), scheme))
-        object.__setattr__(self, "overrides", tuple(pairs))
-        object.__setattr__(self, "algorithms", parse_algorithms(self.algorithms))
-        if isinstance(self.ptq_options, dict):
-            object.__setattr__(self, "ptq_options", _from_plain(PTQOptions, self.ptq_options))
-        if not isinstance(self.ptq_options, PTQOptions):
-            raise ConfigError(f"ptq_options must be a PTQOptions, got {type(self.ptq_options)}")
-        if self.version > CONFIG_VERSION:
-            raise ConfigError(
-                f"config version {self.version} is newer than this lowbit ({CONFIG_VERSION}); "
-                "upgrade lowbit"
+        if v > CONFIG_VERSION:
+            raise field_error(
+                "QuantConfig",
+                ("version",),
+                f"config version {v} is newer than this lowbit ({CONFIG_VERSION}); upgrade lowbit",
             )
 
     def replace(self, **changes: Any) -> QuantConfig:
@@ -236,31 +256,54 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
-        if not isinstance(data, dict) or "scheme" not in data:
-            raise ConfigError("a QuantConfig dict needs a 'scheme' entry")
+        if not isinstance(data, Mapping) or "scheme" not in data:
+            got = (
+                f"keys {sorted(map(str, data))}"
+                if isinstance(data, Mapping)
+                else type(data).__name__
+            )
+            raise ConfigError(f"a QuantConfig dict needs a 'scheme' entry, got {got}")
         return _from_plain(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> QuantConfig:
+    def from_json(cls, text: str | bytes) -> QuantConfig:
+        _check_text("JSON", text)
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"not a valid JSON config: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, deep nesting
+            raise ConfigError(f"not a valid JSON config: {_short(exc)}") from None
         return cls.from_dict(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_yaml(cls, text: str) -> QuantConfig:
+    def from_yaml(cls, text: str | bytes) -> QuantConfig:
+        _check_text("YAML", text)
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not a valid YAML config: {exc}") from None
+        # Any failure of the parser is a bad document: PyYAML raises YAMLError, but also
+        # ValueError (bad UTF-8), OverflowError ("\U80001000"), RecursionError (deep nesting).
+        except Exception as exc:  # noqa: BLE001 - only the third-party parse step is guarded
+            raise ConfigError(f"not a valid YAML config: {_short(exc)}") from None
         return cls.from_dict(data)
+
+
+def _check_text(kind: str, text: object) -> None:
+    if not isinstance(text, str | bytes):
+        raise ConfigError(
+            f"a {kind} config is text (str or bytes), got {type(text).__name__}; "
+            "for an already parsed dict use QuantConfig.from_dict"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    """The parser's message, cut short (a RecursionError's can be the whole document)."""
+    text = str(exc).strip()
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 def _to_plain(obj: Any) -> Any:
@@ -274,12 +317,117 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-def _from_plain(cls: type, data: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = set(data) - known
+def _from_plain(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build the dataclass ``cls`` from a dict of its fields, naming unknown or missing keys."""
+    name = cls.__name__
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a {name} is a dict of its fields, got {type(data).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
+        raise ConfigError(f"unknown {name} keys {unknown}; known: {sorted(known)}")
+    required = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"invalid {name}: missing required keys {missing}")
+    return cls(**data)
+
+
+def _is_real(value: object) -> bool:
+    """A finite real number; ``bool`` is not one here."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    return isinstance(value, Integral) or math.isfinite(value)  # huge ints overflow float()
+
+
+def _check_bool(owner: str, name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise field_error(owner, (name,), f"must be true or false, got {value!r}")
+
+
+def _as_spec(value: Any) -> TensorQuantSpec | None:
+    """A weight/activation spec from a spec, a dict of its fields, or None."""
+    if value is None or isinstance(value, TensorQuantSpec):
+        return value
+    if isinstance(value, Mapping):
+        return _from_plain(TensorQuantSpec, value)
+    raise ConfigError(
+        f"must be a TensorQuantSpec, a dict of its fields or null, got {type(value).__name__}"
+    )
+
+
+def _as_scheme(value: Any) -> QuantScheme:
+    """A scheme from a scheme or a dict of its fields."""
+    if isinstance(value, Mapping):
+        return _from_plain(QuantScheme, value)
+    if not isinstance(value, QuantScheme):
+        raise ConfigError(
+            f"must be a QuantScheme (or a dict of its fields), got {type(value).__name__}; "
+            "for a preset name use lowbit.get_preset(name)"
+        )
+    return value
+
+
+def _patterns(name: str, value: Any) -> tuple[str, ...]:
+    """``include``/``exclude``: one glob or a list of them, as a tuple of strings."""
+    if value is None or isinstance(value, str):
+        return () if value is None else (value,)
+    if isinstance(value, Mapping | bytes) or not isinstance(value, Iterable):
+        raise field_error(
+            "QuantConfig",
+            (name,),
+            f"must be a module-name glob or a list of them, got {type(value).__name__}",
+        )
+    patterns = tuple(value)
+    for i, p in enumerate(patterns):
+        if not isinstance(p, str):
+            raise field_error(
+                "QuantConfig",
+                (name, i),
+                f"a pattern is a string glob, got {type(p).__name__} {p!r}",
+            )
+    return patterns
+
+
+def _override_pairs(value: Any) -> tuple[tuple[str, QuantScheme], ...]:
+    """``overrides``: ``(pattern, scheme)`` pairs, ``{"pattern", "scheme"}`` dicts, or a mapping."""
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        value = list(value.items())
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise field_error(
+            "QuantConfig",
+            ("overrides",),
+            f"must be a list of {{pattern, scheme}} entries, got {type(value).__name__}",
+        )
+    pairs = []
+    for i, item in enumerate(value):
+        if isinstance(item, Mapping):
+            if set(item) != {"pattern", "scheme"}:
+                raise field_error(
+                    "QuantConfig",
+                    ("overrides", i),
+                    "an override is {pattern: <glob>, scheme: <scheme>}, "
+                    f"got keys {sorted(map(str, item))}",
+                )
+            pattern, scheme = item["pattern"], item["scheme"]
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            pattern, scheme = item
+        else:
+            raise field_error(
+                "QuantConfig",
+                ("overrides", i),
+                f"an override is a (pattern, scheme) pair, got {type(item).__name__} {item!r}",
+            )
+        if not isinstance(pattern, str):
+            raise field_error(
+                "QuantConfig",
+                ("overrides", i, "pattern"),
+                f"must be a string glob, got {type(pattern).__name__} {pattern!r}",
+            )
+        with in_field("QuantConfig", "overrides", i, "scheme"):
+            pairs.append((pattern, _as_scheme(scheme)))
+    return tuple(pairs)

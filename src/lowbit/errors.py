@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "LowbitError",
     "ConfigError",
@@ -10,6 +13,8 @@ __all__ = [
     "InvalidModelError",
     "ArtifactError",
     "UnsupportedLayerError",
+    "field_error",
+    "in_field",
 ]
 
 
@@ -42,3 +47,43 @@ class ArtifactError(LowbitError, OSError):
 
 class UnsupportedLayerError(LowbitError, TypeError):
     """A layer type has no quantized implementation."""
+
+
+def field_error(
+    owner: str, path: tuple[str | int, ...], message: str, kind: type[ConfigError] = ConfigError
+) -> ConfigError:
+    """A ``kind`` error that says where: ``"QuantConfig.overrides[0].scheme.weight: <message>"``.
+
+    Args:
+        owner: the class whose field is wrong (``"TensorQuantSpec"``).
+        path: field names (``str``) and list indices (``int``) below ``owner``; ``()`` for the
+            object as a whole (the message then stands alone).
+        message: what is wrong and how to fix it.
+
+    The parts are kept on the error (``owner``, ``path``, ``detail``) so that :func:`in_field`
+    can lengthen the path when the owner is itself a field of a bigger config.
+
+    >>> str(field_error("PTQOptions", ("max_rows",), "must be an integer >= 1, got 'abc'"))
+    "PTQOptions.max_rows: must be an integer >= 1, got 'abc'"
+    """
+    where = owner + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    exc = kind(f"{where}: {message}" if path else message)
+    exc.owner, exc.path, exc.detail = owner, tuple(path), message
+    return exc
+
+
+@contextmanager
+def in_field(owner: str, *path: str | int) -> Iterator[None]:
+    """Re-raise a :class:`ConfigError` from building ``owner``'s field ``path`` with the full path.
+
+    >>> with in_field("QuantScheme", "weight"):
+    ...     raise field_error("TensorQuantSpec", ("format",), "unknown number format 'int9x'")
+    Traceback (most recent call last):
+    lowbit.errors.ConfigError: QuantScheme.weight.format: unknown number format 'int9x'
+    """
+    try:
+        yield
+    except ConfigError as exc:
+        inner = getattr(exc, "path", ())
+        detail = getattr(exc, "detail", str(exc))
+        raise field_error(owner, path + inner, detail, type(exc)) from None

@@ -21,13 +21,14 @@ per output channel. Both store ``bits``-bit indices into their levels.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
 
 import torch
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, field_error
 from lowbit.grids import (
     BINARY_LEVELS,
     TERNARY_LEVELS,
@@ -46,9 +47,9 @@ __all__ = [
     "FORMAT_NAMES",
 ]
 
-_INT_RE = re.compile(r"^(u?)int(\d+)$")
-_GRID_RE = re.compile(r"^(nf|pot)(\d+)$")
-_KMEANS_RE = re.compile(r"^kmeans(\d+)$")
+_INT_RE = re.compile(r"^(u?)int([0-9]{1,9})\Z")  # ASCII digits; \Z: no trailing newline
+_GRID_RE = re.compile(r"^(nf|pot)([0-9]{1,9})\Z")
+_KMEANS_RE = re.compile(r"^kmeans([0-9]{1,9})\Z")
 _GRID_BITS = {"nf": (2, 8), "pot": (2, 6)}
 _FLOATS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -71,8 +72,14 @@ class IntFormat(_Format):
     signed: bool = True
 
     def __post_init__(self) -> None:
-        if not 2 <= self.bits <= 16:
-            raise ConfigError(f"integer formats take 2..16 bits, got {self.bits}")
+        if not _is_int(self.bits) or not 2 <= self.bits <= 16:
+            raise field_error(
+                "IntFormat", ("bits",), f"integer formats take 2..16 bits, got {self.bits!r}"
+            )
+        if not isinstance(self.signed, bool):
+            raise field_error(
+                "IntFormat", ("signed",), f"must be True or False, got {self.signed!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -105,7 +112,7 @@ class FloatFormat(_Format):
     name: str
 
     def __post_init__(self) -> None:
-        if self.name not in _FLOATS:
+        if not isinstance(self.name, str) or self.name not in _FLOATS:
             raise ConfigError(
                 f"unknown float format {self.name!r}; choose one of {sorted(_FLOATS)}"
             )
@@ -131,6 +138,8 @@ class GridFormat(_Format):
 
     def __post_init__(self) -> None:
         key = self.name
+        if not isinstance(key, str):
+            raise field_error("GridFormat", ("name",), f"must be a name like 'nf4', got {key!r}")
         m = _GRID_RE.match(key)
         if key in ("binary", "ternary"):
             return
@@ -162,8 +171,12 @@ class CodebookFormat(_Format):
     k: int
 
     def __post_init__(self) -> None:
-        if not 2 <= self.k <= 256:
-            raise ConfigError(f"k-means codebooks take k = 2..256 entries, got {self.k}")
+        if not _is_int(self.k) or not 2 <= self.k <= 256:
+            raise field_error(
+                "CodebookFormat",
+                ("k",),
+                f"k-means codebooks take k = 2..256 entries, got {self.k!r}",
+            )
 
     @property
     def name(self) -> str:
@@ -188,6 +201,16 @@ FORMAT_NAMES = tuple(
 )
 
 
+# Every valid name, for "did you mean" hints.
+_ALL_NAMES = (
+    [f"{u}int{b}" for u in ("", "u") for b in range(2, 17)]
+    + list(_FLOATS)
+    + [f"{kind}{b}" for kind, (lo, hi) in _GRID_BITS.items() for b in range(lo, hi + 1)]
+    + ["binary", "ternary"]
+    + [f"kmeans{k}" for k in range(2, 257)]
+)
+
+
 def get_format(name: str | NumberFormat) -> NumberFormat:
     """Parse a format name into a format value.
 
@@ -198,6 +221,14 @@ def get_format(name: str | NumberFormat) -> NumberFormat:
         return name
     if not isinstance(name, str):
         raise ConfigError(f"a number format is a name like 'int8', got {type(name).__name__}")
+    try:
+        return _parse(name)
+    except ConfigError as exc:  # "int99" is a bad name, not a bad IntFormat.bits field
+        detail = getattr(exc, "detail", str(exc))
+        raise ConfigError(detail if repr(name) in detail else f"{name!r}: {detail}") from None
+
+
+def _parse(name: str) -> NumberFormat:
     key = name.strip().lower()
     if key in _FLOATS:
         return FloatFormat(key)
@@ -211,8 +242,15 @@ def get_format(name: str | NumberFormat) -> NumberFormat:
         return CodebookFormat(int(m.group(1)))
     m = _INT_RE.match(key)
     if m is None:
+        close = difflib.get_close_matches(key, _ALL_NAMES, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         raise ConfigError(
-            f"unknown number format {name!r}; use int2..int16, uint2..uint16, fp16, bf16, "
+            f"unknown number format {name!r}{hint}; use int2..int16, uint2..uint16, fp16, bf16, "
             "nf2..nf8, pot2..pot6, binary, ternary or kmeans2..kmeans256"
         )
     return IntFormat(bits=int(m.group(2)), signed=m.group(1) == "")
+
+
+def _is_int(value: object) -> bool:
+    """A true integer: ``bool`` is not one here (``bits=True`` is a typo, not 1 bit)."""
+    return isinstance(value, int) and not isinstance(value, bool)

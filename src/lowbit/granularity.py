@@ -16,10 +16,11 @@ block of that size shares one ``(scale, zero_point)``. The scale tensor then has
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, field_error
 
 __all__ = ["GranularityKind", "Granularity"]
 
@@ -48,10 +49,27 @@ class Granularity:
     group_size: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", GranularityKind(self.kind))
+        try:
+            object.__setattr__(self, "kind", GranularityKind(self.kind))
+        except ValueError:
+            choices = ", ".join(k.value for k in GranularityKind)
+            raise field_error(
+                "Granularity", ("kind",), f"unknown granularity {self.kind!r}; use one of {choices}"
+            ) from None
+        if not _is_int(self.axis):
+            raise field_error("Granularity", ("axis",), f"must be an integer, got {self.axis!r}")
+        if self.axis and self.kind is not GranularityKind.PER_CHANNEL:
+            raise field_error(
+                "Granularity", ("axis",), f"only applies to per_channel, not {self.kind.value}"
+            )
         if self.kind is GranularityKind.PER_GROUP:
-            if self.group_size is None or self.group_size < 1:
-                raise ConfigError("per_group granularity needs a positive group_size, e.g. 128")
+            if not _is_int(self.group_size) or self.group_size < 1:
+                raise field_error(
+                    "Granularity",
+                    ("group_size",),
+                    "per_group granularity needs a positive group_size (an integer, e.g. 128), "
+                    f"got {self.group_size!r}",
+                )
         elif self.group_size is not None:
             raise ConfigError(f"group_size only applies to per_group, not {self.kind.value}")
 
@@ -60,21 +78,25 @@ class Granularity:
         """Parse ``per_tensor``, ``per_channel``, ``per_channel:1``, ``per_group:128``, ``per_token``."""
         if isinstance(text, Granularity):
             return text
-        name, _, arg = str(text).strip().lower().partition(":")
+        if not isinstance(text, str):
+            raise ConfigError(
+                "a granularity is a name like 'per_channel' or 'per_group:128', "
+                f"got {type(text).__name__} {text!r}"
+            )
+        name, _, arg = text.strip().lower().partition(":")
         try:
             kind = GranularityKind(name)
         except ValueError:
             choices = ", ".join(k.value for k in GranularityKind)
             raise ConfigError(f"unknown granularity {text!r}; use one of {choices}") from None
         if kind is GranularityKind.PER_GROUP:
-            if not arg.isdigit():
+            if not (arg.isascii() and arg.isdigit()) or len(arg) > 9:
                 raise ConfigError(f"per_group needs a size, e.g. 'per_group:128', got {text!r}")
             return cls(kind, group_size=int(arg))
         if kind is GranularityKind.PER_CHANNEL and arg:
-            try:
-                return cls(kind, axis=int(arg))
-            except ValueError:
-                raise ConfigError(f"per_channel axis must be an integer, got {text!r}") from None
+            if not re.fullmatch(r"[+-]?[0-9]{1,9}", arg.strip()):
+                raise ConfigError(f"per_channel axis must be an integer, got {text!r}")
+            return cls(kind, axis=int(arg))
         if arg:
             raise ConfigError(f"{kind.value} takes no argument, got {text!r}")
         return cls(kind)
@@ -92,6 +114,11 @@ class Granularity:
         if self.kind is GranularityKind.PER_TENSOR or not shape:
             return shape
         if self.kind is GranularityKind.PER_CHANNEL:
+            if not -len(shape) <= self.axis < len(shape):
+                raise ConfigError(
+                    f"{self} names axis {self.axis}, but a tensor of shape {list(shape)} has "
+                    f"{len(shape)} dims (axes {-len(shape)}..{len(shape) - 1}); pick one of those"
+                )
             axis = self.axis % len(shape)
             return tuple(1 if i == axis else s for i, s in enumerate(shape))
         if self.kind is GranularityKind.PER_TOKEN:
@@ -103,3 +130,8 @@ class Granularity:
                 f"of shape {list(shape)}; pick a divisor or exclude this layer"
             )
         return (1,) * (len(shape) - 1) + (size,)
+
+
+def _is_int(value: object) -> bool:
+    """A true integer: ``bool`` is not one here (``group_size=True`` is a typo, not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -74,15 +74,41 @@ def resolve_config(
     An override whose value is ``None`` keeps the matching layers in float.
     """
     config = scheme if isinstance(scheme, QuantConfig) else QuantConfig(_as_scheme(scheme))
-    extra_exclude = [p for p, s in (overrides or {}).items() if s is None]
-    extra_overrides = [(p, _as_scheme(s)) for p, s in (overrides or {}).items() if s is not None]
-    if isinstance(include, str) or isinstance(exclude, str):
-        include = [include] if isinstance(include, str) else include
-        exclude = [exclude] if isinstance(exclude, str) else exclude
+    pairs = _override_pairs(overrides)
+    extra_exclude = [p for p, s in pairs if s is None]
+    extra_overrides = [(p, _as_scheme(s)) for p, s in pairs if s is not None]
+    include, exclude = _patterns(include, "include"), _patterns(exclude, "exclude")
     return config.replace(
         include=tuple(include) if include is not None else config.include,
         exclude=config.exclude + tuple(exclude or ()) + tuple(extra_exclude),
         overrides=tuple(extra_overrides) + config.overrides,
+    )
+
+
+def _patterns(value: Any, what: str) -> list[str] | None:
+    """``include``/``exclude``: one glob or a list of them (QuantConfig checks each one)."""
+    if value is None or isinstance(value, str):
+        return None if value is None else [value]
+    if not isinstance(value, Iterable):
+        raise ConfigError(
+            f"{what} must be a module-name glob or a list of them, got {type(value).__name__}"
+        )
+    return list(value)
+
+
+def _override_pairs(overrides: Any) -> list[tuple[Any, Any]]:
+    """``overrides`` as ``(pattern, scheme)`` pairs: a mapping, or a list of pairs."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    if isinstance(overrides, list | tuple) and all(
+        isinstance(p, list | tuple) and len(p) == 2 for p in overrides
+    ):
+        return [tuple(p) for p in overrides]
+    raise ConfigError(
+        "overrides is {pattern: scheme} (or a list of (pattern, scheme) pairs), e.g. "
+        f"{{'head': 'W8A16', 'embed*': None}}; got {type(overrides).__name__}"
     )
 
 

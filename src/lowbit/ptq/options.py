@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from numbers import Integral, Real
 
-from lowbit.errors import ConfigError
+from lowbit.errors import ConfigError, field_error
 
 __all__ = ["ALGORITHMS", "RESCALERS", "ROUNDERS", "PTQOptions", "parse_algorithms"]
 
@@ -61,23 +63,74 @@ class PTQOptions:
     cle_sweeps: int = 20
 
     def __post_init__(self) -> None:
-        if self.smoothquant_alpha is not None and not 0.0 <= self.smoothquant_alpha <= 1.0:
-            raise ConfigError(f"smoothquant_alpha must be in [0, 1], got {self.smoothquant_alpha}")
-        for name in ("max_rows", "adaround_iters", "adaround_batch", "gptq_block_size",
-                     "awq_grid", "search_rows", "cle_sweeps"):  # fmt: skip
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"PTQOptions.{name} must be >= 1, got {getattr(self, name)}")
+        for name, rule in _RANGES.items():
+            value = getattr(self, name)
+            if not (name == "smoothquant_alpha" and value is None):  # None: search α per layer
+                _check_range(name, value, *rule)
+        if not isinstance(self.gptq_act_order, bool):
+            raise field_error(
+                "PTQOptions",
+                ("gptq_act_order",),
+                f"must be True or False, got {self.gptq_act_order!r}",
+            )
+
+
+# Valid ranges: (kind, low, high, low is inclusive); kind "int" counts, "real" finite numbers.
+_RANGES = {
+    "max_rows": ("int", 1, None, True),
+    "adaround_iters": ("int", 1, None, True),
+    "adaround_lr": ("real", 0.0, None, False),
+    "adaround_lambda": ("real", 0.0, None, True),
+    "adaround_batch": ("int", 1, None, True),
+    "gptq_block_size": ("int", 1, None, True),
+    "gptq_percdamp": ("real", 0.0, 1.0, False),  # a fraction of mean(diag H); 0 can be singular
+    "smoothquant_alpha": ("real", 0.0, 1.0, True),
+    "awq_grid": ("int", 1, None, True),
+    "search_rows": ("int", 1, None, True),
+    "cle_sweeps": ("int", 1, None, True),
+}
+
+
+def _check_range(name: str, value: object, kind: str, low: float, high: float | None,
+                 low_inclusive: bool) -> None:  # fmt: skip
+    """Raise a :class:`ConfigError` naming ``PTQOptions.<name>`` unless ``value`` fits."""
+    if kind == "int":
+        what = f"an integer >= {low}"
+        ok = isinstance(value, Integral) and not isinstance(value, bool)
+    else:
+        upper = "inf)" if high is None else f"{high}]"
+        what = f"a number in {'[' if low_inclusive else '('}{low}, {upper}"
+        ok = isinstance(value, Real) and not isinstance(value, bool)
+        ok = ok and (isinstance(value, Integral) or math.isfinite(value))  # huge ints: no float()
+    ok = ok and (value >= low if low_inclusive else value > low)
+    if not ok or (high is not None and value > high):
+        raise field_error("PTQOptions", (name,), f"must be {what}, got {value!r}")
 
 
 def parse_algorithms(value: str | Iterable[str] | None) -> tuple[str, ...]:
     """Validate a name or list of names; returns them in execution order (rescalers, rounding,
     bias correction), without ``rtn`` (which is what happens when no rounding is named)."""
-    names = [value] if isinstance(value, str) else list(value or ())
-    for n in names:
-        if n not in ALGORITHMS:
-            close = difflib.get_close_matches(str(n), ALGORITHMS, n=1)
+    if value is None:
+        value = ()
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise ConfigError(
+            f"algorithms are a name or a list of names like ['awq', 'gptq'], "
+            f"got {type(value).__name__} {value!r}"
+        )
+    names = []
+    for i, n in enumerate(value):
+        if not isinstance(n, str):
+            raise field_error(
+                "algorithms", (i,), f"an algorithm is a name like 'gptq', got {type(n).__name__}"
+            )
+        key = n.strip().lower()  # case-insensitive, like preset names
+        if key not in ALGORITHMS:
+            close = difflib.get_close_matches(key, ALGORITHMS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown algorithm {n!r}{hint}; known: {', '.join(ALGORITHMS)}")
+        names.append(key)
     if len(set(names)) != len(names):
         raise ConfigError(f"algorithm list {names} names an algorithm twice")
     rounders = [n for n in names if n in ("gptq", "adaround")]
