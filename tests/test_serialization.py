@@ -238,7 +238,7 @@ def test_invalid_json(copy_of, content: bytes) -> None:
         (lambda m: m.update(aliases={"x": "nowhere"}), "alias 'x' points at missing tensor"),
         (lambda m: m["layers"]["fc"].update(type="EvilLayer"), "unknown type"),
         (lambda m: m["layers"].update(fc="QuantLinear"), "malformed spec"),
-        (lambda m: m["layers"]["fc"]["scheme"].update(mode="turbo"), "does not fit"),
+        (lambda m: m["layers"]["fc"]["scheme"].update(mode="turbo"), "invalid scheme"),
     ],
 )
 def test_wrong_metadata(copy_of, edit, match: str) -> None:
