@@ -1,4 +1,4 @@
-"""Run every benchmark in turn (about 60 minutes on 2 cores) and print their tables.
+"""Run every benchmark in turn (about 80 minutes on 2 cores) and print their tables.
 
 Usage: ``python benchmarks/run_all.py`` (or ``make bench``). Copy the output into RESULTS.md.
 """
@@ -21,6 +21,8 @@ SCRIPTS = [
     ["benchmarks.bench_auto", "--seeds", "2"],
     ["benchmarks.bench_report"],
     ["benchmarks.bench_onnx"],
+    ["benchmarks.bench_coverage"],
+    ["benchmarks.bench_detection"],
 ]
 
 if __name__ == "__main__":
