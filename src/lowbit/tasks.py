@@ -117,13 +117,29 @@ def load_mnist1d_split(seed: int = 0) -> Split:
 
 
 def train(
-    model: nn.Module, split: Split, epochs: int, seed: int = 0, lr: float = 3e-3
+    model: nn.Module,
+    split: Split,
+    epochs: int,
+    seed: int = 0,
+    lr: float = 3e-3,
+    *,
+    schedule: str = "cosine",
+    weight_decay: float = 0.0,
 ) -> nn.Module:
-    """Adam + cross-entropy with a cosine schedule, batch 64; seconds on a laptop CPU."""
+    """Adam + cross-entropy, batch 64; seconds on a laptop CPU.
+
+    ``schedule``: ``"cosine"`` (annealed per epoch) or ``"onecycle"`` (per step).
+    """
+    if schedule not in ("cosine", "onecycle"):
+        raise ValueError(f"schedule is 'cosine' or 'onecycle', got {schedule!r}")
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     n = len(split.x_train)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule == "onecycle":
+        steps = epochs * -(-n // 64)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     model.train()
     for _ in range(epochs):
         for idx in torch.randperm(n).split(64):
@@ -131,7 +147,10 @@ def train(
             loss = nn.functional.cross_entropy(model(split.x_train[idx]), split.y_train[idx])
             loss.backward()
             opt.step()
-        sched.step()
+            if schedule == "onecycle":
+                sched.step()
+        if schedule == "cosine":
+            sched.step()
     return model.eval()
 
 
@@ -169,6 +188,7 @@ class Problem:
 # application tasks beyond the two demo classifiers: name -> "module:function" returning a
 # Problem for (seed, batch); imported only when asked for
 APP_TASKS: dict[str, str] = {
+    "kws": "lowbit.apps.kws:problem",
     "detection": "lowbit.apps.detection:problem",
 }
 
