@@ -13,7 +13,10 @@ with weights read lazily (:func:`lowbit.ptq.lazy.quantize_lazy`, W4A16-g128 GPTQ
 token ids. For comparison: the peak of merely loading the whole float model, and of
 ``lowbit.load`` of the artifact into a float skeleton.
 
-Usage: ``python -m benchmarks.bench_memory [--part minilm|llama|all] [--layers 22] [--seqs 8]``.
+Usage: ``python -m benchmarks.bench_memory [--part minilm|llama|all] [--layers 22] [--seqs 8]
+[--malloc-tuned]`` (about 10 minutes on an idle 2-core machine, 25 with ``--malloc-tuned``, which
+repeats the streaming run with glibc's mmap/trim thresholds fixed at 128 KiB). It needs 4.4 GB
+of free disk for the float32 checkpoint (written to a temporary directory, removed at the end).
 """
 
 from __future__ import annotations
