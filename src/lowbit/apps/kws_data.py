@@ -258,7 +258,7 @@ def load_split(
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, path)  # never leave half a cache file
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:  # a cache file is data, never code
         t = {k: torch.from_numpy(z[k]) for k in z.files}
     return Split(t["x_train"].float(), t["y_train"], t["x_test"].float(), t["y_test"])
 
@@ -278,6 +278,6 @@ def write_sample(path: str | os.PathLike, per_word: int = 8, seed: int = 1234) -
 
 def load_sample(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``[n, 1, 40, 101]`` (float32) and labels of a :func:`write_sample` file."""
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:  # a cache file is data, never code
         x = torch.from_numpy(z["codes"]).float() * float(z["scale"]) + float(z["offset"])
         return x, torch.from_numpy(z["labels"]).long()
