@@ -30,6 +30,7 @@ __all__ = [
     "Problem",
     "task_problem",
     "task_names",
+    "classification_problem",
     "APP_TASKS",
 ]
 
@@ -200,8 +201,6 @@ def task_names() -> list[str]:
 
 def task_problem(name: str, seed: int = 0, batch: int = 128) -> Problem:
     """Train ``TASKS[name]`` (seconds) and wrap it as a :class:`Problem`."""
-    from lowbit.measure.accuracy import top1_accuracy
-
     if name in APP_TASKS:
         import importlib
 
@@ -214,11 +213,22 @@ def task_problem(name: str, seed: int = 0, batch: int = 128) -> Problem:
     task = TASKS[name]
     split = task.load(seed=seed)
     torch.manual_seed(seed)
-    model = train(task.make_model(), split, task.epochs, seed=seed)
+    return classification_problem(train(task.make_model(), split, task.epochs, seed=seed), split,
+                                  batch)  # fmt: skip
+
+
+def classification_problem(
+    model: nn.Module, split: Split, batch: int = 128, description: str = "CNN"
+) -> Problem:
+    """A trained classifier as a :class:`Problem`: 4 calibration batches of ``batch`` training
+    samples, test top-1, and training batches of 64 for the report's QAT row."""
+    from lowbit.measure.accuracy import top1_accuracy
+
     return Problem(
         model=model,
         calibration=list(split.x_train[: 4 * batch].split(batch)),
         evaluate=lambda m: top1_accuracy(m, split.x_test, split.y_test),
         train_batches=list(zip(split.x_train.split(64), split.y_train.split(64), strict=True)),
         split=split,
+        description=description,
     )

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lowbit.apps.kws_data import TEST, TRAIN, FeatureConfig, load_split
-from lowbit.tasks import Problem, Split, train
+from lowbit.tasks import Problem, Split, classification_problem, train
 
 __all__ = ["DSCNN", "train_kws", "trained_model", "problem"]
 
@@ -71,16 +71,6 @@ def problem(seed: int = 0, batch: int = 128, epochs: int = 12) -> Problem:
     ``seed`` selects the model's initialisation and batch order; the data set is the fixed
     default (:data:`~lowbit.apps.kws_data.TRAIN` / :data:`~lowbit.apps.kws_data.TEST`).
     """
-    from lowbit.measure.accuracy import top1_accuracy
-
     split = load_split(TRAIN, TEST, FeatureConfig())
-    model = trained_model(split, seed, epochs)
-    return Problem(
-        model=model,
-        calibration=list(split.x_train[: 4 * batch].split(batch)),
-        evaluate=lambda m: top1_accuracy(m, split.x_test, split.y_test),
-        train_batches=list(zip(split.x_train.split(64), split.y_train.split(64), strict=True)),
-        split=split,
-        metric_name="top-1",
-        description="keyword-spotting CNN (spoken digits)",
-    )
+    return classification_problem(trained_model(split, seed, epochs), split, batch,
+                                  "keyword-spotting CNN (spoken digits)")  # fmt: skip
