@@ -30,6 +30,7 @@ __all__ = [
     "Problem",
     "task_problem",
     "task_names",
+    "add_model_arguments",
     "classification_problem",
     "APP_TASKS",
 ]
@@ -197,6 +198,15 @@ APP_TASKS: dict[str, str] = {
 def task_names() -> list[str]:
     """Every name :func:`task_problem` accepts."""
     return sorted([*TASKS, *APP_TASKS])
+
+
+def add_model_arguments(parser, calib_help: str) -> None:
+    """The CLI's way to name the float model, shared by ``report``, ``bench`` and ``auto``:
+    ``MODEL [--weights W] --calib X``, or ``--task NAME``."""
+    parser.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
+    parser.add_argument("--task", choices=task_names(), help="use a demo task instead of MODEL")
+    parser.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
+    parser.add_argument("--calib", help=calib_help)
 
 
 def task_problem(name: str, seed: int = 0, batch: int = 128) -> Problem:

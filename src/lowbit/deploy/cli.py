@@ -13,17 +13,14 @@ import argparse
 import json
 import warnings
 
-from lowbit.tasks import task_names
+from lowbit.tasks import add_model_arguments
 
 __all__ = ["add_parser"]
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="float vs quantized speed in PyTorch and ONNX Runtime")
-    p.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
-    p.add_argument("--task", choices=task_names(), help="use a demo task instead of MODEL")
-    p.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
-    p.add_argument("--calib", help="inputs [N, ...]: calibration and the timed batch")
+    add_model_arguments(p, "inputs [N, ...]: calibration and the timed batch")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--schemes", nargs="+", help="presets (default: W8A8 W8A8-dynamic W4A16-g128)")
     p.add_argument("--no-onnx", action="store_true", help="PyTorch runtime only")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lowbit
 from lowbit.errors import LowbitError
-from lowbit.tasks import task_names, task_problem
+from lowbit.tasks import add_model_arguments, task_problem
 
 __all__ = ["add_parser", "write_report", "update_readme"]
 
@@ -26,10 +26,7 @@ START, END = "<!-- lowbit-report:start -->", "<!-- lowbit-report:end -->"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="measure every scheme on a model: Markdown, HTML, JSON")
-    p.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
-    p.add_argument("--task", choices=task_names(), help="use a demo task instead of MODEL")
-    p.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
-    p.add_argument("--calib", help="calibration inputs [N, ...] for MODEL")
+    add_model_arguments(p, "calibration inputs [N, ...] for MODEL")
     p.add_argument("--evaluate", help="'package.module:fn' or 'file.py:fn', fn(model) -> float")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--schemes", nargs="+", help="variants (default: lowbit.report's list)")

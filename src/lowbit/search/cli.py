@@ -17,17 +17,14 @@ from pathlib import Path
 import lowbit
 from lowbit.errors import LowbitError
 from lowbit.search.auto import OBJECTIVES
-from lowbit.tasks import task_names, task_problem
+from lowbit.tasks import add_model_arguments, task_problem
 
 __all__ = ["add_parser", "user_problem"]
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("auto", help="search the smallest/fastest model within --max-drop")
-    p.add_argument("model", nargs="?", help="factory 'package.module:fn' or 'file.py:fn'")
-    p.add_argument("--task", choices=task_names(), help="use a demo task instead of MODEL")
-    p.add_argument("--weights", help="state dict (.safetensors or .pt) for MODEL")
-    p.add_argument("--calib", help="calibration inputs [N, ...] for MODEL")
+    add_model_arguments(p, "calibration inputs [N, ...] for MODEL")
     p.add_argument("--evaluate", help="'package.module:fn' or 'file.py:fn', fn(model) -> float")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-drop", type=float, default=0.01, help="absolute, in metric units")
