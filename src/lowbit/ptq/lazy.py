@@ -42,13 +42,12 @@ from tqdm.auto import tqdm
 
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import CalibrationError, ConfigError, InvalidModelError
-from lowbit.granularity import GranularityKind
 from lowbit.nn import QuantLinear, unsupported_reason
 from lowbit.ptq.capture import Batch, _Stop, call_model, materialize
 from lowbit.ptq.checkpoint import CheckpointReader, decoder_blocks, meta_skeleton
 from lowbit.ptq.options import PTQOptions, parse_algorithms
 from lowbit.ptq.sequential import round_layers
-from lowbit.quantize import QuantizationRecord, resolve_config
+from lowbit.quantize import QuantizationRecord, _group_misfit, resolve_config
 from lowbit.serialization import save
 from lowbit.targeting import scheme_for
 
@@ -161,11 +160,7 @@ def _plan_block(prefix: str, block: nn.Module, config: QuantConfig,
             continue
         full, scheme = f"{prefix}.{rel}", scheme_for(f"{prefix}.{rel}", config)
         reason = unsupported_reason(module) if scheme is not None else "excluded by patterns"
-        gran = None if scheme is None else scheme.weight.granularity_value
-        if reason is None and gran.kind is GranularityKind.PER_GROUP:
-            if module.in_features % gran.group_size:
-                reason = (f"group size {gran.group_size} does not divide in_features "
-                          f"{module.in_features}")  # fmt: skip
+        reason = reason or _group_misfit(module, scheme)  # the rule lowbit.quantize applies
         if reason is None:
             plan[rel] = (module, scheme)
         else:
