@@ -154,6 +154,37 @@ def test_saving_twice_to_the_same_directory_overwrites(tmp_path) -> None:
     assert isinstance(loaded.fc, type(q2.fc))
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("foreign", ["model.safetensors", "model-0123456789abcdef.safetensors",
+                                     "pytorch_model.bin", "notes.txt"])  # fmt: skip
+def test_saving_beside_foreign_files_keeps_them_byte_identical(tmp_path, foreign) -> None:
+    """A save removes only the tensor file an earlier lowbit artifact there names (issue 18)."""
+    d = tmp_path / "hf-checkpoint"
+    d.mkdir()
+    (d / foreign).write_bytes(b"user weights " * 100)
+    before = _digest(d / foreign)
+    q1 = lowbit.quantize(small_cnn(), "BF16")
+    q2 = lowbit.quantize(small_cnn(), "W8A8-dynamic")
+    lowbit.save(q1, d)
+    first = tensor_file(d)
+    lowbit.save(q2, d)  # replaces the first save's tensor file, and only that
+    assert _digest(d / foreign) == before
+    assert not first.exists()
+    assert sorted(p.name for p in d.iterdir()) == sorted([foreign, META, tensor_file(d).name])
+    assert lowbit.artifact_size(d) == (d / META).stat().st_size + tensor_file(d).stat().st_size
+    assert isinstance(lowbit.load(d, SmallCNN()).fc, type(q2.fc))
+
+
+def test_saving_over_a_foreign_lowbit_json_is_refused(tmp_path) -> None:
+    (tmp_path / META).write_text('{"name": "not lowbit"}')
+    with pytest.raises(ArtifactError, match="not lowbit metadata; refusing to overwrite"):
+        lowbit.save(small_cnn(), tmp_path)
+    assert (tmp_path / META).read_text() == '{"name": "not lowbit"}'
+
+
 # -- artifact format --------------------------------------------------------------------------
 def test_artifact_holds_safetensors_and_json_only(artifact) -> None:
     names = sorted(p.name for p in artifact.iterdir())

@@ -103,6 +103,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
     _check_record_covers(model, record)
     tensors, aliases = _dedup(model.state_dict())
     packed = _pack_low_bit_(tensors, record.layers if record else {})
+    previous = _previous_tensor_file(out)  # the only file this save may remove
     temps: list[Path] = []
     uncommitted: Path | None = None
     try:
@@ -146,7 +147,8 @@ def save(model: nn.Module, path: str | os.PathLike) -> Path:
             t.unlink(missing_ok=True)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-    _remove_stale(out, keep=name)
+    if previous is not None and previous.name != name:
+        previous.unlink(missing_ok=True)
     return out
 
 
@@ -167,11 +169,30 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
-def _remove_stale(out: Path, keep: str) -> None:
-    """Tensor files of earlier saves (this artifact's format 1 file included)."""
-    for f in out.iterdir():
-        if f.name != keep and (TENSOR_FILE_RE.fullmatch(f.name) or f.name == TENSORS):
-            f.unlink(missing_ok=True)
+def _previous_tensor_file(out: Path) -> Path | None:
+    """The tensor file that the lowbit artifact already in ``out`` names, if there is one.
+
+    A save replaces that file and nothing else: a directory may also hold a user's own
+    ``model.safetensors`` (a Hugging Face checkpoint, the source of ``quantize_lazy``), which
+    must survive. A ``lowbit.json`` that is valid JSON but not lowbit's is refused, not
+    overwritten.
+    """
+    meta_path = out / META
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None  # a broken earlier artifact: overwrite its metadata, remove no file
+    if not isinstance(meta, dict) or meta.get("format") != "lowbit":
+        raise ArtifactError(
+            f"{meta_path} exists and is not lowbit metadata; refusing to overwrite it. "
+            "Save the quantized model to another directory"
+        )
+    if meta.get("format_version") == 1:
+        return out / TENSORS
+    name = meta.get("tensors_file")
+    return out / name if isinstance(name, str) and TENSOR_FILE_RE.fullmatch(name) else None
 
 
 def _without_timings(value: Any) -> Any:
@@ -232,10 +253,9 @@ def _unpack_low_bit_(tensors: dict[str, torch.Tensor], packed: dict[str, Any]) -
 
 
 def artifact_size(path: str | os.PathLike) -> int:
-    """Bytes on disk of an artifact directory: its metadata and tensor files (not other files
-    a user keeps there)."""
-    return sum(f.stat().st_size for f in Path(path).iterdir()
-               if f.name in (META, TENSORS) or TENSOR_FILE_RE.fullmatch(f.name))  # fmt: skip
+    """Bytes on disk of an artifact directory: its metadata and the tensor file it names (not
+    other files a user keeps there)."""
+    return (Path(path) / META).stat().st_size + tensor_file(path).stat().st_size
 
 
 def model_size(model: nn.Module) -> int:

@@ -109,6 +109,21 @@ def test_blocks_see_the_hidden_states_of_the_quantized_model(ckpt):
         torch.testing.assert_close(fed[id(block)], seen[id(block)], rtol=0, atol=1e-6)
 
 
+def test_writing_the_artifact_into_the_source_checkpoint_keeps_it(tmp_path):
+    """quantize_lazy(out=checkpoint) used to delete the checkpoint's model.safetensors."""
+    src = tmp_path / "ckpt"
+    write_random_llama(_config(), tmp_path / "sharded", seed=0)
+    reader = CheckpointReader(tmp_path / "sharded")
+    src.mkdir()
+    save_file(reader.read(reader.shard_of), str(src / "model.safetensors"))
+    (src / "config.json").write_text((tmp_path / "sharded" / "config.json").read_text())
+    before = (src / "model.safetensors").read_bytes()
+    quantize_lazy(src, "W4A16", _tokens(4, 1), src, algorithm="rtn", progress=False)
+    assert (src / "model.safetensors").read_bytes() == before
+    loaded = lowbit.load(src, tf.LlamaForCausalLM(_config()))
+    assert isinstance(loaded.model.layers[0].mlp.down_proj, QuantLinear)
+
+
 def test_gptq_layer_errors_do_not_exceed_round_to_nearest(lazy):
     layers = lazy[0].lowbit_record.ptq["layers"]
     assert len(layers) == 7 * LAYERS
