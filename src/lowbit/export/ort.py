@@ -13,6 +13,7 @@ named.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections import defaultdict
@@ -104,19 +105,28 @@ def ort_quantize(
     activations, min/max calibration on ``calibration`` feeds. ``mode="dynamic"``:
     ``quantize_dynamic`` (int8 weights, activations quantized at run time).
     """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if mode not in ("static", "dynamic") or (mode == "static" and not calibration):
+        raise ValueError("ort_quantize takes mode 'static' with calibration feeds, or 'dynamic'")
+    src, dst = Path(float_path).resolve(), Path(out_path).resolve()
+    # ORT's quantizers run symbolic shape inference and may write external-data files
+    # (``<uuid>.data``) and ``sym_shape_infer_temp.onnx`` into the working directory
+    with tempfile.TemporaryDirectory() as work, contextlib.chdir(work):
+        if mode == "dynamic":
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        else:
+            _quantize_static(src, dst, calibration)
+    return dst
+
+
+def _quantize_static(src: Path, dst: Path, calibration: Sequence[dict]) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
-        quantize_dynamic,
         quantize_static,
     )
-
-    if mode == "dynamic":
-        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)
-        return Path(out_path)
-    if mode != "static" or not calibration:
-        raise ValueError("ort_quantize takes mode 'static' with calibration feeds, or 'dynamic'")
 
     class _Reader(CalibrationDataReader):
         def __init__(self):
@@ -125,7 +135,6 @@ def ort_quantize(
         def get_next(self):
             return next(self._it, None)
 
-    quantize_static(str(float_path), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)  # fmt: skip
-    return Path(out_path)
