@@ -185,6 +185,32 @@ def test_saving_over_a_foreign_lowbit_json_is_refused(tmp_path) -> None:
     assert (tmp_path / META).read_text() == '{"name": "not lowbit"}'
 
 
+@pytest.mark.parametrize("preset", ["W8A8", "W8A8-dynamic", "W4A16", "W4A8", "NF4", "FP16"])
+@pytest.mark.parametrize("make", [lambda: nn.Linear(128, 8), lambda: nn.Conv2d(16, 8, 2)])
+def test_a_bare_layer_round_trips(preset: str, make, tmp_path) -> None:
+    """lowbit.quantize(nn.Linear(...)) saved, then loaded: a new quantized layer (issue 18)."""
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(4, 128) if isinstance(layer, nn.Linear) else torch.randn(2, 16, 8, 8)
+    qlayer = lowbit.quantize(layer, preset, calibration=[x])
+    skeleton = make()
+    before = {k: v.clone() for k, v in skeleton.state_dict().items()}
+    loaded = round_trip(qlayer, skeleton, tmp_path / "bare")
+    assert type(loaded) is type(qlayer) and loaded is not skeleton
+    assert_same_state(qlayer, loaded)
+    assert torch.equal(loaded(x), qlayer(x))
+    assert set(loaded.lowbit_record.layers) == {""}
+    assert type(skeleton) is type(layer)  # the skeleton is left as it was
+    assert all(torch.equal(v, before[k]) for k, v in skeleton.state_dict().items())
+
+
+def test_a_bare_layer_into_a_skeleton_of_another_shape_is_refused(tmp_path) -> None:
+    qlayer = lowbit.quantize(nn.Linear(32, 8), "W8A8-dynamic")
+    lowbit.save(qlayer, tmp_path / "bare")
+    with pytest.raises(ArtifactError, match="do not fit|does not fit"):
+        lowbit.load(tmp_path / "bare", nn.Linear(16, 8))
+
+
 # -- artifact format --------------------------------------------------------------------------
 def test_artifact_holds_safetensors_and_json_only(artifact) -> None:
     names = sorted(p.name for p in artifact.iterdir())

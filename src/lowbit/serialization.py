@@ -319,8 +319,12 @@ def _read_meta(root: Path) -> dict[str, Any]:
     return meta
 
 
-def _rebuild(model: nn.Module, meta: dict[str, Any]) -> None:
-    """Turn the float skeleton into the saved structure (folds, then quantized shells)."""
+def _rebuild(model: nn.Module, meta: dict[str, Any]) -> nn.Module:
+    """Turn the float skeleton into the saved structure (folds, then quantized shells).
+
+    Returns the model's root: the skeleton itself, or a new quantized layer when the artifact
+    is one bare layer (saved from ``lowbit.quantize(nn.Linear(...))``, layer name ``""``).
+    """
     try:
         linearize_(model, meta["linearized"])  # as quantize did (GPT-2's Conv1D)
         apply_folds_(model, meta["folded"])
@@ -328,9 +332,10 @@ def _rebuild(model: nn.Module, meta: dict[str, Any]) -> None:
             cls = LAYER_TYPES.get(spec.get("type"))
             if cls is None:
                 raise ArtifactError(f"layer {name!r} has unknown type {spec.get('type')!r}")
-            if not name:
-                raise ArtifactError("a single-layer model cannot be rebuilt in place; wrap it")
+            if not name:  # the root itself cannot be swapped in place: a new module is returned
+                return cls.from_spec(spec, model)
             _set(model, name, cls.from_spec(spec, model.get_submodule(name)))
+        return model
     except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as exc:
         raise ArtifactError(
             f"the artifact does not fit this model ({exc}); pass a float skeleton of the same "
@@ -378,13 +383,17 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """Rebuild a saved model into ``model`` (a float skeleton, modified in place) and return it.
 
     Every check runs before the skeleton's tensors are written; if the artifact does not fit,
-    :class:`~lowbit.errors.ArtifactError` is raised and the skeleton is left as it was.
+    :class:`~lowbit.errors.ArtifactError` is raised and the skeleton is left as it was. A bare
+    layer (``lowbit.quantize(nn.Linear(...))`` saved as is) cannot change class in place: its
+    quantized layer is returned as a new module and the skeleton is left alone, so always use
+    the return value.
     """
     root = Path(path)
     meta = _read_meta(root)
     tensors = _read_tensors(meta)
-    with _restored_on_error(model):
-        _rebuild(model, meta)
+    skeleton = model
+    with _restored_on_error(skeleton):
+        model = _rebuild(skeleton, meta)
         check_tensors_fit(tensors, model.state_dict())
         try:
             model.load_state_dict(tensors, strict=True)
