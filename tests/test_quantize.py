@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,14 @@ from _models import small_cnn
 from torch import nn
 
 import lowbit
-from lowbit.errors import CalibrationError, ConfigError, InvalidModelError, UnknownPresetError
+from lowbit.errors import (
+    CalibrationError,
+    ConfigError,
+    InvalidModelError,
+    NothingQuantizedWarning,
+    UnknownPresetError,
+    UnsupportedLayerError,
+)
 from lowbit.measure import sqnr_db as sqnr
 from lowbit.nn import CastLayer, QuantConv, QuantLinear
 from lowbit.transforms.bn_fold import FoldedBatchNorm
@@ -255,9 +263,22 @@ def test_unsupported_layers_are_skipped_with_a_reason() -> None:
     assert set(qmodel.lowbit_record.layers) == {"fc"}
 
 
-def test_model_without_quantizable_layers_is_returned_with_an_empty_record() -> None:
-    qmodel = lowbit.quantize(nn.Sequential(nn.ReLU()), "W8A8-dynamic")
+def test_model_without_quantizable_layers_warns_and_returns_an_empty_record() -> None:
+    with pytest.warns(NothingQuantizedWarning, match="Sequential has no nn.Linear"):
+        qmodel = lowbit.quantize(nn.Sequential(nn.ReLU()), "W8A8-dynamic")
     assert qmodel.lowbit_record.layers == {} and qmodel.lowbit_record.skipped == {}
+
+
+def test_nothing_quantized_names_the_reasons_and_raises_under_strict() -> None:
+    """Every layer left float used to be a log line only (issue 18)."""
+    model = nn.Sequential(nn.Linear(27, 8), nn.ReLU(), nn.Linear(8, 4))  # g128 fits no row
+    with pytest.warns(NothingQuantizedWarning, match=r"still float32: .*'0': group size 128"):
+        lowbit.quantize(model, "W4A16-g128")
+    with pytest.raises(UnsupportedLayerError, match="quantized no layer.*'2': group size 128"):
+        lowbit.quantize(model, "W4A16-g128", strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NothingQuantizedWarning)
+        lowbit.quantize(model, "W8A8-dynamic", strict=True)  # quantizes: neither
 
 
 # -- a bare layer -----------------------------------------------------------------------------

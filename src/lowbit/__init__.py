@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+# the subpackages users call as ``lowbit.qat.prepare(...)`` after a bare ``import lowbit``
+from lowbit import algorithms, kernels, measure, nn, qat, transforms
 from lowbit.analysis import allocate, analyze
 from lowbit.config import QuantConfig, QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.deploy import BenchResult, SlowdownWarning, bench
@@ -17,6 +19,7 @@ from lowbit.errors import (
     ConfigError,
     InvalidModelError,
     LowbitError,
+    NothingQuantizedWarning,
     UnknownPresetError,
     UnsupportedLayerError,
 )
@@ -63,5 +66,13 @@ __all__ = [
     "InvalidModelError",
     "ArtifactError",
     "UnsupportedLayerError",
+    "NothingQuantizedWarning",
     "__version__",
+    # subpackages
+    "algorithms",
+    "kernels",
+    "measure",
+    "nn",
+    "qat",
+    "transforms",
 ]

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidModelError",
     "ArtifactError",
     "UnsupportedLayerError",
+    "NothingQuantizedWarning",
     "field_error",
     "in_field",
 ]
@@ -47,6 +48,13 @@ class ArtifactError(LowbitError, OSError):
 
 class UnsupportedLayerError(LowbitError, TypeError):
     """A layer type has no quantized implementation."""
+
+
+class NothingQuantizedWarning(UserWarning):
+    """``quantize`` found no layer it could quantize: the model it returns is still float.
+
+    ``quantize(..., strict=True)`` raises :class:`UnsupportedLayerError` instead.
+    """
 
 
 def field_error(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,13 @@ from tqdm.auto import tqdm
 
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
-from lowbit.errors import CalibrationError, ConfigError, InvalidModelError
+from lowbit.errors import (
+    CalibrationError,
+    ConfigError,
+    InvalidModelError,
+    NothingQuantizedWarning,
+    UnsupportedLayerError,
+)
 from lowbit.granularity import GranularityKind
 from lowbit.nn import QuantModule, is_quantizable, layer_class, unsupported_reason
 from lowbit.nn.base import static_input_qparams
@@ -191,6 +198,7 @@ def quantize(
     algorithm_options: PTQOptions | Mapping[str, Any] | None = None,
     inplace: bool = False,
     progress: bool | None = None,
+    strict: bool = False,
 ) -> nn.Module:
     """Quantize ``model`` and return it (a copy unless ``inplace``).
 
@@ -211,6 +219,8 @@ def quantize(
         inplace: modify ``model`` itself instead of a copy.
         progress: show progress bars for calibration and layer conversion (default: when
             attached to a terminal).
+        strict: raise :class:`~lowbit.UnsupportedLayerError` when no layer can be quantized
+            (default: a :class:`~lowbit.errors.NothingQuantizedWarning`, and the float model).
     """
     config = resolve_config(scheme, include, exclude, overrides)
     if algorithm is not None:
@@ -268,9 +278,25 @@ def quantize(
             model = qmodule
         record.layers[name] = qmodule.layer_spec()
     if not record.layers:
-        log.warning("no layer was quantized (skipped: %s)", record.skipped or "none found")
+        _nothing_quantized(model, record, strict)
     model.lowbit_record = record
     return model
+
+
+def _nothing_quantized(model: nn.Module, record: QuantizationRecord, strict: bool) -> None:
+    """Say loudly that the returned model is the float model (or refuse, under ``strict``)."""
+    reasons = "; ".join(f"{n or '<the model>'!r}: {r}" for n, r in list(record.skipped.items())[:3])
+    more = f" (and {len(record.skipped) - 3} more)" if len(record.skipped) > 3 else ""
+    why = (
+        f"every candidate layer was left float: {reasons}{more}"
+        if record.skipped
+        else f"{type(model).__name__} has no nn.Linear, nn.Conv1d/2d or nn.Embedding layer"
+    )
+    msg = f"lowbit.quantize quantized no layer, so the model is still float32: {why}"
+    if strict:
+        raise UnsupportedLayerError(msg)
+    warnings.warn(f"{msg}. Pass strict=True to make this an error", NothingQuantizedWarning,
+                  stacklevel=3)  # fmt: skip
 
 
 def _needs_calibration(module: nn.Module, scheme: QuantScheme) -> bool:

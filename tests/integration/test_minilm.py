@@ -45,3 +45,12 @@ def test_reference_sentences_are_real_and_deterministic():
     assert all(40 <= len(s) <= 200 for s in a)
     with pytest.raises(ValueError, match="available"):
         zoo.reference_sentences(10**6)
+
+
+def test_loading_leaves_the_process_environment_alone(monkeypatch):
+    """load_minilm set HF_HUB_OFFLINE=1 for the whole process (issue 18)."""
+    import os
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    zoo.load_minilm()
+    assert "HF_HUB_OFFLINE" not in os.environ

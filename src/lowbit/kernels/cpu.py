@@ -17,6 +17,7 @@ Each fast path has a reference twin in :mod:`lowbit.kernels.reference` and is te
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import torch
 
@@ -169,7 +170,7 @@ def has_vnni() -> bool:
     (AMD EPYC, AVX2 only: 1280x384 @ 384x1536 in 250 ms vs 8.4 ms). Unknown (no
     /proc/cpuinfo): assumed present."""
     try:
-        words = set(open("/proc/cpuinfo", encoding="utf-8").read().split())
+        words = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
     except OSError:
         return True
     return bool(words & {"avx512_vnni", "avx_vnni", "amx_int8"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 from datetime import date
+from pathlib import Path
 
 import torch
 
@@ -21,7 +22,7 @@ def machine_info() -> dict[str, object]:
     """CPU model and the ISA flags lowbit's kernels care about (from /proc/cpuinfo on Linux)."""
     cpu, flags = platform.processor() or platform.machine(), []
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
         names = [ln.split(":", 1)[1].strip() for ln in text.splitlines()
                  if ln.startswith("model name")]  # fmt: skip
         cpu = names[0] if names else cpu
