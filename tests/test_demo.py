@@ -84,3 +84,30 @@ def test_demo_variants_run_ptq_algorithms():
     assert set(by_name) == {"float32", "W3A8", "W3A8+cle+bias_correction", "W4A16+gptq"}
     assert by_name["W4A16+gptq"]["accuracy %"] > 95
     assert "W3A8+adaround" in DEMO_SCHEMES and "W4A8+cle+bias_correction" in DEMO_SCHEMES
+
+
+def test_auto_chooses_on_validation_data_the_test_set_never_sees(monkeypatch):
+    """The auto row chose on half of the test set it was reported on (issue 18)."""
+    import torch
+
+    import lowbit
+    from lowbit.tasks import TASKS
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return torch.zeros(len(x), 10)
+
+    def fake_auto(model, calibration, evaluate, **kwargs):
+        evaluate(Spy())
+        return type("R", (), {"model": model, "chosen": type("C", (), {"name": "x"}),
+                              "config": None})()  # fmt: skip
+
+    monkeypatch.setattr(lowbit, "auto", fake_auto)
+    run_task("digits", schemes=("auto",), epochs=1)
+    test_rows = {tuple(r.flatten().tolist()) for r in TASKS["digits"].load(seed=0).x_test}
+    (x_val,) = seen
+    assert len(x_val) == 200
+    assert not {tuple(r.flatten().tolist()) for r in x_val} & test_rows

@@ -24,6 +24,7 @@ __all__ = [
     "Split",
     "Task",
     "TASKS",
+    "hold_out",
     "load_digits_split",
     "load_mnist1d_split",
     "train",
@@ -81,6 +82,26 @@ class Split:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+
+
+def hold_out(split: Split, n: int, seed: int = 0) -> tuple[Split, Split]:
+    """``(train, validation)``: ``n`` random training samples held out of training, for choices
+    made on data (``lowbit.auto``) that the held-out test set must not see. Both keep the test
+    set; the validation split's ``x_train``/``y_train`` are the ``n`` held-out samples.
+
+    >>> tr, val = hold_out(Split(torch.zeros(10, 2), torch.arange(10), torch.ones(3, 2),
+    ...                          torch.arange(3)), 4)
+    >>> len(tr.x_train), len(val.x_train), sorted(tr.y_train.tolist() + val.y_train.tolist())
+    (6, 4, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
+    if not 0 < n < len(split.x_train):
+        raise ValueError(f"hold out 1..{len(split.x_train) - 1} samples, got {n}")
+    perm = torch.randperm(len(split.x_train), generator=torch.Generator().manual_seed(seed))
+    val, tr = perm[:n], perm[n:]
+    return (
+        Split(split.x_train[tr], split.y_train[tr], split.x_test, split.y_test),
+        Split(split.x_train[val], split.y_train[val], split.x_test, split.y_test),
+    )
 
 
 def load_digits_split(test_fraction: float = 0.3, seed: int = 0) -> Split:

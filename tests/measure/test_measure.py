@@ -41,6 +41,18 @@ def test_compare_latency_interleaves_rounds():
         compare_latency({"a": lambda: None}, rounds=0)
 
 
+def test_compare_latency_attributes_a_counter_to_each_callable():
+    """A counter that advances 5 per call of a and 2 per call of b: exactly that per call."""
+    state = {"n": 0.0}
+    fns = {"a": lambda: state.__setitem__("n", state["n"] + 5),
+           "b": lambda: state.__setitem__("n", state["n"] + 2)}  # fmt: skip
+    r = compare_latency(fns, rounds=3, min_time_s=0.0, counter=lambda: state["n"])
+    assert r["a"].counter_per_call == 5.0 and r["b"].counter_per_call == 2.0
+    unreadable = compare_latency(fns, rounds=2, min_time_s=0.0, counter=lambda: None)
+    assert unreadable["a"].counter_per_call is None
+    assert compare_latency(fns, rounds=1, min_time_s=0.0)["b"].counter_per_call is None
+
+
 def test_top1_accuracy_of_a_known_classifier():
     model = nn.Identity()
     logits = torch.eye(4)

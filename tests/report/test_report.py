@@ -41,6 +41,32 @@ def test_sizes_come_from_the_saved_files(setup):
     assert by["W4A16"]["compression"] == f"{expected:.2f}x"
 
 
+def test_every_variant_is_timed_in_one_interleaved_run(monkeypatch):
+    """The report timed float once, then each variant in turn (issue 18): one compare_latency
+    per batch size now takes float32 and every variant, the QAT row included."""
+    from lowbit.measure import LatencyResult
+    from lowbit.report import build
+
+    calls = []
+
+    def fake(fns, *, min_time_s, counter=None):
+        calls.append(list(fns))
+        for fn in fns.values():
+            fn()  # each callable really runs its model on the batch
+        return {n: LatencyResult(float(i + 1), 0.0, 0.0, 1, None) for i, n in enumerate(fns)}
+
+    monkeypatch.setattr(build, "compare_latency", fake)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8)).eval()
+    x = torch.randn(32, 16)
+    rep = lowbit.report(model, calibration=[x], evaluate=lambda m: 1.0, schemes=["W8A8", "FP16"],
+                        train=[(x, torch.zeros(32, dtype=torch.long))], qat_epochs=1,
+                        progress=False)  # fmt: skip
+    names = ["float32", "W8A8", "FP16", "W4A8 QAT"]
+    assert calls == [names, names]
+    assert [r["latency_bn_ms"] for r in rep.rows] == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_16_bit_weights_are_exactly_half_of_32_bit(setup):
     model, _x, rep = setup
     fp16 = rep.row("FP16")

@@ -2,8 +2,8 @@
 
 For each variant (float32 first, then presets and ``PRESET+algorithm`` techniques) it measures,
 in this process: artifact size and compression ratio (from the saved files), the user's metric
-through ``evaluate``, latency at batch 1 and at the calibration batch size (medians; float32 in
-the same run), an energy estimate per inference (:mod:`.energy`) and RAPL energy where readable,
+through ``evaluate``, latency at batch 1 and at the calibration batch size (medians; float32 and
+every variant timed in interleaved rounds of one run), an energy estimate per inference (:mod:`.energy`) and RAPL energy where readable,
 and each layer's weight SQNR. With ``train`` batches it also times training epochs (float32,
 bf16 autocast, QAT) and adds a QAT row next to the PTQ ones.
 
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lowbit.calibrate import PreparedBatches
 from lowbit.config import QuantMode
 from lowbit.errors import ConfigError
-from lowbit.measure.latency import measure_latency
+from lowbit.measure.latency import compare_latency
 from lowbit.measure.machine import machine_info
 from lowbit.measure.size import bits_per_weight, layer_weight_bytes
 from lowbit.ptq.capture import call_model, materialize
@@ -83,16 +83,6 @@ def _precision(module: nn.Module) -> tuple[str, int]:
     return "fp16", 2  # weight-only and cast schemes: 16-bit activations (bf16/fp16)
 
 
-def _timed(fn: Callable[[], object], min_time_s: float) -> tuple[float, float | None]:
-    """Median ms, and RAPL µJ per call where the counter is readable (else None)."""
-    before = rapl_energy_uj()
-    result = measure_latency(fn, min_time_s=min_time_s)
-    after = rapl_energy_uj()
-    if before is None or after is None or after < before:  # absent, or the counter wrapped
-        return result.median_ms, None
-    return result.median_ms, (after - before) / (result.runs + 3)  # + the 3 warm-up calls
-
-
 class _Measurer:
     """Measures one variant against the float model's layers, batches and latency."""
 
@@ -106,6 +96,7 @@ class _Measurer:
         self.float_weights = {n: m.weight.detach().float() for n, m in folded.named_modules()
                               if n in self.ops}  # fmt: skip
         self.largest = max(self.float_weights, key=lambda n: self.float_weights[n].numel())
+        self.models: dict[str, nn.Module] = {}  # timed together at the end: :meth:`time_all`
 
     def row(self, name: str, qmodel: nn.Module, seconds: float) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -115,8 +106,7 @@ class _Measurer:
             size = sum(f.stat().st_size for f in path.iterdir())
             record = getattr(qmodel, "lowbit_record", None)
             bits = bits_per_weight(path) if record is not None and record.layers else 32.0
-        lat1, _ = _timed(lambda: call_model(qmodel, self.one), self.min_time_s)
-        latn, rapl = _timed(lambda: call_model(qmodel, self.big), self.min_time_s)
+        self.models[name] = qmodel
         layers = dict(qmodel.named_modules())
         prec = {n: _precision(layers[n]) for n in self.ops}
         wbytes = {n: self._weight_traffic(layers[n], n) for n in self.ops}
@@ -127,17 +117,26 @@ class _Measurer:
             "metric": float(self.evaluate(qmodel)),
             "bits_per_weight": bits,
             "size_bytes": size,
-            "latency_b1_ms": lat1,
-            "latency_bn_ms": latn,
             "energy_est_uj": energy["total"] / 1e6,
             "energy_est_parts_uj": {k: v / 1e6 for k, v in energy.items()},
-            "energy_rapl_uj": rapl,
             "layer_sqnr_db": self._layer_sqnr(layers, qmodel),
             "grid": self._grid(layers),
             "quantize_s": seconds,
             "layers_quantized": len(record.layers) if record is not None else 0,
             "layers_float": len(record.skipped) if record is not None else 0,
         }
+
+    def time_all(self, rows: list[dict[str, Any]]) -> None:
+        """Latency at batch 1 and at the large batch of every variant, float32 included, in
+        interleaved rounds (one :func:`compare_latency` per batch size), and RAPL µJ per call
+        where the counter is readable: each variant's speed-up comes from the same run."""
+        for key, batch in (("latency_b1_ms", self.one), ("latency_bn_ms", self.big)):
+            fns = {n: (lambda m=m, b=batch: call_model(m, b)) for n, m in self.models.items()}
+            timed = compare_latency(fns, min_time_s=self.min_time_s, counter=rapl_energy_uj)
+            for row in rows:
+                row[key] = timed[row["variant"]].median_ms
+                if key == "latency_bn_ms":
+                    row["energy_rapl_uj"] = timed[row["variant"]].counter_per_call
 
     def _weight_traffic(self, module: nn.Module, name: str) -> float:
         """Weight bytes read for one batch: the whole matrix, or only the gathered rows of an
@@ -266,6 +265,7 @@ def report(
     training = []
     if train is not None:
         training = _train_rows(model, batches, train, train_epochs, qat_epochs, measure, rows)
+    measure.time_all(rows)
     meta = {
         "title": title,
         "metric": metric_name,
