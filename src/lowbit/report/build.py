@@ -3,7 +3,7 @@
 For each variant (float32 first, then presets and ``PRESET+algorithm`` techniques) it measures,
 in this process: artifact size and compression ratio (from the saved files), the user's metric
 through ``evaluate``, latency at batch 1 and at the calibration batch size (medians; float32 in
-the same run), an energy estimate per inference (:mod:`.energy`) and RAPL energy where readable,
+the same run) with the kernels each layer ran at those sizes (one untimed call each), an energy estimate per inference (:mod:`.energy`) and RAPL energy where readable,
 and each layer's weight SQNR. With ``train`` batches it also times training epochs (float32,
 bf16 autocast, QAT) and adds a QAT row next to the PTQ ones.
 
@@ -30,6 +30,7 @@ from lowbit.errors import ConfigError
 from lowbit.measure.latency import measure_latency
 from lowbit.measure.machine import machine_info
 from lowbit.measure.size import bits_per_weight, layer_weight_bytes
+from lowbit.nn.kernel_calls import record_kernels
 from lowbit.ptq.capture import call_model, materialize
 from lowbit.report.energy import SOURCE, count_ops, estimate_energy_pj, rapl_energy_uj
 from lowbit.report.result import Report
@@ -83,6 +84,13 @@ def _precision(module: nn.Module) -> tuple[str, int]:
     return "fp16", 2  # weight-only and cast schemes: 16-bit activations (bf16/fp16)
 
 
+def _kernels(qmodel: nn.Module, batch: tuple[tuple, dict]) -> dict[str, Any]:
+    """What one untimed call ran: a summary (layers per kernel) and the float-compute layers."""
+    with torch.inference_mode(), record_kernels(qmodel) as calls:
+        call_model(qmodel, batch)
+    return {"summary": calls.summary(), "float_compute": calls.float_layers()}
+
+
 def _timed(fn: Callable[[], object], min_time_s: float) -> tuple[float, float | None]:
     """Median ms, and RAPL µJ per call where the counter is readable (else None)."""
     before = rapl_energy_uj()
@@ -129,6 +137,8 @@ class _Measurer:
             "size_bytes": size,
             "latency_b1_ms": lat1,
             "latency_bn_ms": latn,
+            "kernels_b1": _kernels(qmodel, self.one),
+            "kernels_bn": _kernels(qmodel, self.big),
             "energy_est_uj": energy["total"] / 1e6,
             "energy_est_parts_uj": {k: v / 1e6 for k, v in energy.items()},
             "energy_rapl_uj": rapl,
