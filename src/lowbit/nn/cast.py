@@ -51,6 +51,8 @@ class CastLayer(QuantModule):
         )
         self.in_features = module.weight.shape[1] * (1 if self.is_linear else module.groups)
         op = "matmul" if self.is_linear else "conv"
+        # by compute dtype, built once: forward only looks one up
+        self._paths = {dt: kc.cast(dt, self.dtype, op) for dt in (self.dtype, torch.float32)}
         self.kernel = f"{scheme.compute_dtype} {op}"
         if self.dtype is torch.bfloat16 and not cpu.native_bf16():
             self.kernel = f"fp32 {op} on upcast bf16 weights (bf16 is not native on this CPU)"
@@ -107,7 +109,7 @@ class CastLayer(QuantModule):
                 f"dims] inputs, got shape {list(x.shape)}"
             )
         cd, out_dtype = self._compute_dtype(x), x.dtype
-        self._ran(kc.cast(cd, self.dtype, "matmul" if self.is_linear else "conv"), self._rows(x))
+        self._ran(self._paths[cd], self._rows(x))
         emulated = self.dtype is torch.bfloat16 and cd is torch.float32
         if emulated:  # round inputs (and outputs, below) to bf16: the numerics of a bf16 CPU
             x = x.to(torch.bfloat16)

@@ -97,6 +97,7 @@ class QuantConv(QuantModule):
     def _prepare(self) -> None:
         mode = self.scheme.mode
         self._fast, self._exact_fp32 = True, None
+        self._dequant_path = kc.dequant(cpu.dequant_dtype(), "conv")  # forward only picks it
         if mode is QuantMode.WEIGHT_ONLY:
             dt = "bf16" if cpu.native_bf16() else "fp32 (bf16 is not native on this CPU)"
             self.kernel = f"dequantize + {dt} conv (no fused weight-only int8 conv in torch)"
@@ -171,7 +172,7 @@ class QuantConv(QuantModule):
             y = CONV_FN[self.dims](
                 x.to(w.dtype), w, b, self.stride, self.padding, self.dilation, self.groups
             )
-            return kc.dequant(w.dtype, "conv"), y
+            return self._dequant_path, y
         if not self._uint8_inputs():
             return kc.REFERENCE_FP64_CONV, self._forward_general(x.float())
         qx, scale, zp = self._quantize_input(x.float())

@@ -123,6 +123,10 @@ class QuantLinear(QuantModule):
         """Derive kernel-side data from the stored tensors and choose the kernel."""
         mode = self.scheme.mode
         self._fast, self._int4, self._w_bf16 = True, None, None
+        # Paths fixed per machine, looked up once: forward only picks one (cheap, and nothing
+        # for torch.compile to trace). cpu.int8_matmul: _int_mm with VNNI, else fp32 GEMMs.
+        self._int8_path = kc.INT8_INT_MM if cpu.has_vnni() else kc.INT8_FP32_GEMM
+        self._dequant_path = kc.dequant(cpu.dequant_dtype(), "matmul")
         if mode is QuantMode.STATIC:
             self._codes = ActivationCodes(
                 self.scheme.activation, self.input_scale, self.input_zero_point
@@ -150,6 +154,7 @@ class QuantLinear(QuantModule):
         if int8.sqnr_db < EXPANSION_MIN_SQNR_DB:
             # Groups of very different magnitude in a row: keep the exact values in bf16.
             self._w_bf16 = self.dequantized_weight().to(cpu.dequant_dtype())
+            self._dequant_path = kc.dequant_at_load(self._w_bf16.dtype)
             self.kernel = (
                 "bf16 GEMM on weights dequantized at load (int8 expansion would be only "
                 f"{int8.sqnr_db:.0f} dB from the stored format)"
@@ -251,8 +256,7 @@ class QuantLinear(QuantModule):
         if mode is QuantMode.WEIGHT_ONLY:
             path, y = self._weight_only(x2)
             return path, (y.to(dtype) if self.bias is None else y.to(dtype).add_(self.bias))
-        # cpu.int8_matmul: _int_mm with VNNI, else exact fp32 GEMMs on the codes
-        path = kc.INT8_INT_MM if cpu.has_vnni() else kc.INT8_FP32_GEMM
+        path = self._int8_path
         if mode is QuantMode.DYNAMIC:
             qx, sx = cpu.quantize_dynamic_int8(x2, self._per_token)
             acc = cpu.int8_matmul(qx, self._w_int8)
@@ -265,18 +269,17 @@ class QuantLinear(QuantModule):
         dequantize + float GEMM from there on (or always, for weights dequantized at load)."""
         if self._w_bf16 is not None:
             w = self._w_bf16
-            return kc.dequant_at_load(w.dtype), nn.functional.linear(x2.to(w.dtype), w)
+            return self._dequant_path, nn.functional.linear(x2.to(w.dtype), w)
         packed = cpu.uses_weight_pack(x2.shape[0])
-        dequant = kc.dequant(cpu.dequant_dtype(), "matmul")
         if self._int4 is None:
             y = cpu.weight_int8_matmul(x2, self._w_int8, self._scale_bf16)
-            return (kc.INT8_WEIGHT_PACK if packed else dequant), y
+            return (kc.INT8_WEIGHT_PACK if packed else self._dequant_path), y
         if packed:
             return kc.INT4_WEIGHT_PACK, cpu.int4_matmul(x2, *self._int4)
         # The int4 kernel's cost grows linearly with rows (a GEMV per row); for large batches
         # one dequantize per call + a bf16 GEMM is faster (see RESULTS.md).
         w = self.dequantized_weight().to(cpu.dequant_dtype())
-        return dequant, nn.functional.linear(x2.to(w.dtype), w)
+        return self._dequant_path, nn.functional.linear(x2.to(w.dtype), w)
 
     def _forward_reference(self, x2: torch.Tensor) -> torch.Tensor:
         """The numerical oracle: exact integer accumulation where activations are integers."""
