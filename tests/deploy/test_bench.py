@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import warnings
 
@@ -11,8 +12,10 @@ from torch import nn
 
 import lowbit
 from lowbit.deploy import BenchResult, SlowdownWarning, bench
-from lowbit.deploy.bench import _warn_slow
+from lowbit.deploy.bench import _warn_slow, cell, slowdown_message
 from lowbit.errors import ConfigError
+from lowbit.kernels import cpu
+from lowbit.measure.latency import LatencyResult
 
 pytest.importorskip("onnxruntime")
 
@@ -42,7 +45,7 @@ def test_slow_variant_warning_names_float_layers():
                              "speedup": 1.0},
                             {"variant": "W8A8", "runtime": "torch", "batch": 1, "ms": 2.0,
                              "speedup": 0.5}],
-                      float_layers={"W8A8 / torch": {"features.0": "left float: reason"}})  # fmt: skip
+                      float_layers={cell("W8A8", "torch", 1): {"features.0": "left float: why"}})  # fmt: skip
     with pytest.warns(SlowdownWarning, match=r"W8A8 in torch at batch 1 .*0\.50x.*features\.0"):
         _warn_slow(res)
 
@@ -54,7 +57,43 @@ def test_group_scheme_reports_layers_left_float():
         warnings.simplefilter("ignore")
         res = bench(model, torch.randn(4, 64), schemes=("W4A16-g128",), onnx=False,
                     min_time_s=0.01, warn=False)  # fmt: skip
-    assert set(res.float_layers["W4A16-g128 / torch"]) == {"0", "2"}  # 64, 48 not groups of 128
+    for b in (1, 4):  # 64, 48 not groups of 128
+        assert set(res.float_layers[cell("W4A16-g128", "torch", b)]) == {"0", "2"}
+
+
+def _slower_than_float(fns, min_time_s):
+    """compare_latency stand-in: every quantized variant 2x slower than float, no clock read."""
+    return {n: LatencyResult(1.0 if n == "float32" else 2.0, 1.0, 2.0, 1) for n in fns}
+
+
+def test_float_compute_layers_are_named_per_batch_with_their_kernel(monkeypatch):
+    torch.manual_seed(0)
+    # 0: int4 kernel; 2: out_features 40, int8 weight-pack kernel; 4: in_features 40, reference
+    model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 40), nn.ReLU(),
+                          nn.Linear(40, 10)).eval()  # fmt: skip
+    rows = cpu.WEIGHT_ONLY_DEQUANT_MIN_ROWS
+    bench_module = importlib.import_module("lowbit.deploy.bench")  # the attribute is bench()
+    monkeypatch.setattr(bench_module, "compare_latency", _slower_than_float)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = bench(model, torch.randn(rows, 256), schemes=("W4A16",), onnx=False)
+    one, many = (res.float_layers[cell("W4A16", "torch", b)] for b in (1, rows))
+    assert one == {"4": "reference fp32 matmul at 1 row"}
+    dequant = f"dequant+{'bf16' if cpu.dequant_dtype() is torch.bfloat16 else 'fp32'} matmul"
+    assert many == {"0": f"{dequant} at {rows} rows", "2": f"{dequant} at {rows} rows",
+                    "4": f"reference fp32 matmul at {rows} rows"}  # fmt: skip
+    assert res.kernels[cell("W4A16", "torch", 1)].startswith("1 int4 _weight_int4pack_mm, ")
+    slow = [str(w.message) for w in caught if issubclass(w.category, SlowdownWarning)]
+    at_many = next(m for m in slow if f"at batch {rows} " in m)
+    assert f"0 ({dequant} at {rows} rows)" in at_many and "No layer fell back" not in at_many
+    table = res.to_markdown()
+    assert "| kernels" in table and f"2 {dequant} ({rows} rows)" in table
+
+
+def test_slowdown_message_without_float_layers_names_the_kernels():
+    row = {"variant": "W8A8", "runtime": "torch", "batch": 1, "speedup": 0.9}
+    msg = slowdown_message(row, {}, "2 int8 _int_mm")
+    assert "integer kernel there (2 int8 _int_mm)" in msg
 
 
 def test_bad_example_inputs():
@@ -80,5 +119,6 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert rc == 0
     data = json.loads(out.read_text())
     assert {r["variant"] for r in data["rows"]} == {"float32", "W8A8"}
+    assert data["kernels"][cell("W8A8", "torch", 8)]  # e.g. "2 int8 _int_mm"
     assert "| variant" in capsys.readouterr().out
     assert lowbit.bench is bench

@@ -210,3 +210,24 @@ def test_a_variant_that_quantizes_nothing_says_so():
     _title, _cols, rows, _note = _table(rep, "Accuracy")
     share = {r["variant"]: r["layers quantized"] for r in rows}
     assert share == {"float32": "", "W4A16-g128": "0 (2 left float)", "W8A16": "2"}
+
+
+def test_kernels_each_variant_ran_at_each_batch_size():
+    """W4A16 at the calibration batch (160 rows) dequantizes into a float GEMM: the report says so."""
+    from lowbit.kernels import cpu
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    rows = cpu.WEIGHT_ONLY_DEQUANT_MIN_ROWS
+    x = torch.randn(rows, 256)
+    rep = lowbit.report(model, calibration=[x], evaluate=lambda m: 1.0, schemes=["W4A16"],
+                        min_time_s=0.01, progress=False)  # fmt: skip
+    w4 = rep.row("W4A16")
+    assert w4["kernels_b1"]["float_compute"] == {}  # int4 and int8 weight-pack kernels
+    dequant = f"dequant+{'bf16' if cpu.dequant_dtype() is torch.bfloat16 else 'fp32'} matmul"
+    assert w4["kernels_bn"]["float_compute"] == {n: f"{dequant} at {rows} rows" for n in "02"}
+    _title, _cols, table, _note = _table(rep, "Kernels run")
+    by = {r["variant"]: r for r in table}
+    assert by["W4A16"][f"batch {rows}"] == f"2 {dequant} ({rows} rows)"
+    assert by["W4A16"]["batch 1"] == "1 int4 _weight_int4pack_mm, 1 int8 _weight_int8pack_mm"
+    assert by["float32"]["batch 1"] == "float"

@@ -4,10 +4,12 @@
 >>> print(result.to_markdown())  # doctest: +SKIP
 
 Every variant is timed at batch 1 and at the example's batch size, next to the float model in the
-same runtime and the same run (medians of repeated calls). A quantized variant that is not
-faster than float there gets a :class:`SlowdownWarning` naming the layers that ran in float: in
-PyTorch, layers whose quantized kernel fell back to the reference path and layers the scheme
-left float; in ONNX Runtime, quantized layers its optimizer left on a float kernel.
+same runtime and the same run (medians of repeated calls). Before timing, one untimed call per
+batch size records the kernel each quantized layer really ran (:func:`record_kernels`): the
+result names, per variant and batch, every layer whose weights went through a float-compute path
+(dequantize + float GEMM/conv, the reference fallback, int8 codes on fp32 without VNNI) and the
+layers the scheme left float; in ONNX Runtime, quantized layers its optimizer left on a float
+kernel. A variant that is not faster than float gets a :class:`SlowdownWarning` naming them.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from lowbit.errors import ConfigError
 from lowbit.measure.latency import compare_latency
 from lowbit.measure.machine import describe_machine
 from lowbit.measure.table import format_table
-from lowbit.nn import QuantModule
+from lowbit.nn.kernel_calls import record_kernels
 
-__all__ = ["bench", "BenchResult", "SlowdownWarning", "DEFAULT_SCHEMES"]
+__all__ = ["bench", "BenchResult", "SlowdownWarning", "DEFAULT_SCHEMES", "cell", "slowdown_message"]
 
 DEFAULT_SCHEMES = ("W8A8", "W8A8-dynamic", "W4A16-g128")
 
@@ -39,27 +41,44 @@ class SlowdownWarning(UserWarning):
 
 @dataclass
 class BenchResult:
-    """Rows of ``variant, runtime, batch, ms, speed-up`` plus the float layers of each variant."""
+    """Rows of ``variant, runtime, batch, ms, speed-up``; per ``"variant / runtime / batch N"``
+    (see :func:`cell`) the layers that ran in float and a summary of the kernels that ran."""
 
     rows: list[dict] = field(default_factory=list)
     float_layers: dict[str, dict[str, str]] = field(default_factory=dict)
+    kernels: dict[str, str] = field(default_factory=dict)
     machine: str = ""
 
     def to_markdown(self) -> str:
-        cols = ["variant", "runtime", "batch", "ms", "speed-up", "float layers"]
+        cols = ["variant", "runtime", "batch", "ms", "speed-up", "float layers", "kernels"]
         return f"{format_table(self.rows, cols)}\n\n_{self.machine}; speed-up = float / variant " \
-               "in the same runtime and run._"  # fmt: skip
+               "in the same runtime and run; float layers: quantized layers that computed in " \
+               "float at that batch (dequantize + float GEMM/conv, reference fallback) and " \
+               "layers left float._"  # fmt: skip
 
     def slow(self) -> list[dict]:
         return [r for r in self.rows if r["variant"] != "float32" and r["speedup"] < 1.0]
 
 
-def _torch_float_layers(model: nn.Module) -> dict[str, str]:
-    out = {n: m.kernel for n, m in model.named_modules()
-           if isinstance(m, QuantModule) and m.kernel.startswith("reference")}  # fmt: skip
-    record = getattr(model, "lowbit_record", None)
-    out.update({n: f"left float: {why}" for n, why in getattr(record, "skipped", {}).items()})
-    return out
+def cell(variant: str, runtime: str, batch: int) -> str:
+    """Key of :attr:`BenchResult.float_layers` and ``kernels``: ``"W8A8 / torch / batch 1"``."""
+    return f"{variant} / {runtime} / batch {batch}"
+
+
+def _record_torch(variants: dict[str, nn.Module], feed: tuple, batch: int, result) -> None:
+    """One untimed call per quantized variant: the layers that ran in float (with the kernel
+    each ran, or why the scheme left it float) and the kernel summary, at this batch."""
+    for name, model in variants.items():
+        if name == "float32":
+            continue
+        with torch.inference_mode(), record_kernels(model) as calls:
+            model(*feed)
+        layers = calls.float_layers()
+        record = getattr(model, "lowbit_record", None)
+        skipped = getattr(record, "skipped", {})
+        layers.update({n: f"left float: {why}" for n, why in skipped.items()})
+        result.float_layers[cell(name, "torch", batch)] = layers
+        result.kernels[cell(name, "torch", batch)] = calls.summary()
 
 
 def _slice(args: tuple, n: int) -> tuple:
@@ -95,27 +114,33 @@ def bench(
     batches = sorted({1, int(args[0].shape[0])})
     result = BenchResult(machine=describe_machine())
     runtimes = {"torch": _torch_runners(variants)}
-    for name, m in variants.items():
-        result.float_layers[f"{name} / torch"] = _torch_float_layers(m)
     with tempfile.TemporaryDirectory() as tmp:
         if onnx:
-            runtimes["onnxruntime"] = _ort_runners(variants, args, calibration, Path(tmp), result)
+            runtimes["onnxruntime"] = _ort_runners(variants, args, calibration, Path(tmp),
+                                                   batches, result)  # fmt: skip
         for runtime, runners in runtimes.items():
             for b in batches:
                 feed = _slice(args, b)
-                fns = {name: (lambda r=run, f=feed: r(f)) for name, run in runners.items()}
-                lat = compare_latency(fns, min_time_s=min_time_s)
-                base = lat["float32"].median_ms
-                for name in runners:
-                    ms = lat[name].median_ms
-                    layers = result.float_layers.get(f"{name} / {runtime}", {})
-                    result.rows.append({"variant": name, "runtime": runtime, "batch": b,
-                                        "ms": ms, "speedup": base / ms,
-                                        "speed-up": f"{base / ms:.2f}x",
-                                        "float layers": len(layers)})  # fmt: skip
+                if runtime == "torch":
+                    _record_torch(variants, feed, b, result)
+                _time_cell(runners, feed, runtime, b, min_time_s, result)
     if warn:
         _warn_slow(result)
     return result
+
+
+def _time_cell(runners: dict, feed: tuple, runtime: str, batch: int, min_time_s: float,
+               result: BenchResult) -> None:  # fmt: skip
+    """Time every variant on ``feed`` in interleaved rounds; one row each, ratio to float32."""
+    fns = {name: (lambda r=run, f=feed: r(f)) for name, run in runners.items()}
+    lat = compare_latency(fns, min_time_s=min_time_s)
+    base = lat["float32"].median_ms
+    for name in runners:
+        ms, key = lat[name].median_ms, cell(name, runtime, batch)
+        result.rows.append({"variant": name, "runtime": runtime, "batch": batch, "ms": ms,
+                            "speedup": base / ms, "speed-up": f"{base / ms:.2f}x",
+                            "float layers": len(result.float_layers.get(key, {})),
+                            "kernels": result.kernels.get(key, "")})  # fmt: skip
 
 
 def _torch_runners(variants: dict[str, nn.Module]) -> dict:
@@ -125,7 +150,7 @@ def _torch_runners(variants: dict[str, nn.Module]) -> dict:
     return {name: runner(m) for name, m in variants.items()}
 
 
-def _ort_runners(variants, args, calibration, tmp: Path, result: BenchResult) -> dict:
+def _ort_runners(variants, args, calibration, tmp: Path, batches, result: BenchResult) -> dict:
     from lowbit.export import export_onnx
     from lowbit.export.ort import float_layers, ort_session
 
@@ -139,7 +164,13 @@ def _ort_runners(variants, args, calibration, tmp: Path, result: BenchResult) ->
         quantized = list(exp.layers)
         layers = {k: f"ONNX Runtime {v}" for k, v in float_layers(ops, quantized).items()}
         layers.update(exp.float_layers)
-        result.float_layers[f"{name} / onnxruntime"] = layers if name != "float32" else {}
+        if name != "float32":  # ONNX Runtime's kernel choice does not depend on the batch here
+            on_int = len(set(exp.layers) - set(layers))
+            for b in batches:
+                result.float_layers[cell(name, "onnxruntime", b)] = layers
+                result.kernels[cell(name, "onnxruntime", b)] = (
+                    f"{on_int} on integer kernels, {len(layers)} float"
+                )
 
         def run(feed, s=sess, n=names):
             return s.run(None, {k: t.numpy() for k, t in zip(n, feed, strict=True)})
@@ -150,15 +181,24 @@ def _ort_runners(variants, args, calibration, tmp: Path, result: BenchResult) ->
 
 def _warn_slow(result: BenchResult) -> None:
     for r in result.slow():
-        layers = result.float_layers.get(f"{r['variant']} / {r['runtime']}", {})
+        key = cell(r["variant"], r["runtime"], r["batch"])
+        message = slowdown_message(r, result.float_layers.get(key, {}), result.kernels.get(key, ""))
+        warnings.warn(message, SlowdownWarning, stacklevel=3)
+
+
+def slowdown_message(row: dict, layers: dict[str, str], kernels: str = "") -> str:
+    """The :class:`SlowdownWarning` text for a result row, naming its float layers and kernels.
+
+    >>> row = {"variant": "W8A16", "runtime": "torch", "batch": 256, "speedup": 0.8}
+    >>> slowdown_message(row, {"fc": "dequant+bf16 matmul at 256 rows"}).split(". ")[-1]
+    'Layers computing in float there: fc (dequant+bf16 matmul at 256 rows).'
+    """
+    head = (f"{row['variant']} in {row['runtime']} at batch {row['batch']} runs at "
+            f"{row['speedup']:.2f}x the float model's speed on this machine (not faster). ")  # fmt: skip
+    if layers:
         named = ", ".join(f"{k} ({v})" for k, v in list(layers.items())[:8])
         more = f" and {len(layers) - 8} more" if len(layers) > 8 else ""
-        warnings.warn(
-            f"{r['variant']} in {r['runtime']} at batch {r['batch']} runs at "
-            f"{r['speedup']:.2f}x the float model's speed on this machine (not faster). "
-            + (f"Layers in float there: {named}{more}." if layers else
-               "No layer fell back to float: the integer kernels themselves are not faster "
-               "at this size here."),
-            SlowdownWarning,
-            stacklevel=3,
-        )  # fmt: skip
+        return head + f"Layers computing in float there: {named}{more}."
+    ran = f" ({kernels})" if kernels else ""
+    return head + (f"Every quantized layer ran on an integer kernel there{ran}: those kernels "
+                   "themselves are not faster at this size here.")  # fmt: skip

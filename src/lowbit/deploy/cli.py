@@ -4,7 +4,8 @@
     lowbit bench MODEL --calib X [--weights W] [--schemes W8A8 W4A16-g128] [--batch-size 32]
 
 Exits with status 0 and prints a warning per variant that is not faster than float, naming the
-layers that ran in float (``--strict``: status 3 when there is any).
+layers that computed in float at that batch and the kernel each ran (``--strict``: status 3 when
+there is any).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--schemes", nargs="+", help="presets (default: W8A8 W8A8-dynamic W4A16-g128)")
     p.add_argument("--no-onnx", action="store_true", help="PyTorch runtime only")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per cell")
-    p.add_argument("--json", help="also write the rows and float layers to this JSON file")
+    p.add_argument("--json", help="also write the rows, float layers and kernels to this JSON file")
     p.add_argument("--strict", action="store_true", help="exit 3 if a variant is not faster")
     p.set_defaults(func=cmd_bench)
 
@@ -62,5 +63,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rows": result.rows, "float_layers": result.float_layers,
-                       "machine": result.machine}, f, indent=2)  # fmt: skip
+                       "kernels": result.kernels, "machine": result.machine}, f, indent=2)  # fmt: skip
     return 3 if (args.strict and slow) else 0

@@ -36,6 +36,7 @@ __all__ = [
     "int8_conv_fp32",
     "dequantize_accumulator",
     "quantize_static",
+    "uses_weight_pack",
     "weight_int8_matmul",
     "int4_unsupported_reason",
     "prepack_int4",
@@ -226,6 +227,12 @@ def int8_conv_fp32(
 WEIGHT_ONLY_DEQUANT_MIN_ROWS = 160
 
 
+def uses_weight_pack(rows: int) -> bool:
+    """Whether weight-only layers run ``rows`` rows on the int8/int4 weight-pack kernels
+    (``rows < WEIGHT_ONLY_DEQUANT_MIN_ROWS``) rather than dequantize + float GEMM."""
+    return rows < WEIGHT_ONLY_DEQUANT_MIN_ROWS
+
+
 def weight_int8_matmul(
     x: torch.Tensor, qw: torch.Tensor, scale_bf16: torch.Tensor, fast: bool = True
 ) -> torch.Tensor:
@@ -236,7 +243,7 @@ def weight_int8_matmul(
     rows for 384x1536, 1536x384 and 4096x4096; see benchmarks/RESULTS.md), in bf16 where it is
     native, else in fp32 (:func:`dequant_dtype`).
     """
-    if fast and x.shape[0] < WEIGHT_ONLY_DEQUANT_MIN_ROWS:
+    if fast and uses_weight_pack(x.shape[0]):
         return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16), qw, scale_bf16)
     dt = dequant_dtype()
     w = qw.to(dt) * scale_bf16.to(dt).reshape(-1, 1)

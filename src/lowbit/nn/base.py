@@ -19,6 +19,7 @@ from torch import nn
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.formats import IntFormat
 from lowbit.kernels import cpu
+from lowbit.nn.kernel_calls import KernelPath
 from lowbit.primitives import block_minmax, block_view, choose_qparams, fake_quantize
 from lowbit.weight_quant import QuantizedWeight, check_finite, dequantize_weight, quantize_weight
 
@@ -58,10 +59,21 @@ class Int8Weight(NamedTuple):
 
 
 class QuantModule(nn.Module):
-    """Base of lowbit's quantized layers: a scheme, a kernel name, and a JSON-able spec."""
+    """Base of lowbit's quantized layers: a scheme, a kernel name, and a JSON-able spec.
+
+    ``kernel`` describes the path chosen at load; ``last_call`` is ``(KernelPath, rows)`` of the
+    latest forward, the path that call really took (see :mod:`lowbit.nn.kernel_calls`).
+    """
 
     scheme: QuantScheme
     kernel: str = "reference"
+    last_call: tuple[KernelPath, int] | None = None
+
+    def _ran(self, path: KernelPath, rows: int) -> None:
+        """Remember this call's kernel path and row count (read by ``record_kernels``)."""
+        # Under torch.compile an attribute written in forward would become a traced side effect.
+        if not torch.compiler.is_compiling():
+            self.last_call = (path, rows)
 
     def layer_spec(self) -> dict[str, Any]:
         """Everything needed to rebuild this layer's empty shell from the float layer it replaced."""

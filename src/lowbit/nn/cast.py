@@ -23,6 +23,7 @@ from lowbit.errors import InvalidModelError
 from lowbit.formats import get_format
 from lowbit.kernels import cpu
 from lowbit.kernels.reference import CONV_FN
+from lowbit.nn import kernel_calls as kc
 from lowbit.nn.base import QuantModule, check_finite
 
 __all__ = ["CastLayer"]
@@ -50,6 +51,8 @@ class CastLayer(QuantModule):
         )
         self.in_features = module.weight.shape[1] * (1 if self.is_linear else module.groups)
         op = "matmul" if self.is_linear else "conv"
+        # by compute dtype, built once: forward only looks one up
+        self._paths = {dt: kc.cast(dt, self.dtype, op) for dt in (self.dtype, torch.float32)}
         self.kernel = f"{scheme.compute_dtype} {op}"
         if self.dtype is torch.bfloat16 and not cpu.native_bf16():
             self.kernel = f"fp32 {op} on upcast bf16 weights (bf16 is not native on this CPU)"
@@ -82,12 +85,16 @@ class CastLayer(QuantModule):
         """The stored fp16/bf16 weight as float32 (what the analysis compares with float)."""
         return self.weight.detach().float()
 
+    def _rows(self, x: torch.Tensor) -> int:
+        """Tokens of a Linear input, batch x positions of a conv input."""
+        return x.numel() // (x.shape[-1] if self.is_linear else x.shape[1])
+
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         if self.dtype is torch.bfloat16:
             # bf16 storage; compute in bf16 only where the CPU does it natively (emulated bf16
             # GEMMs measured ~8-10x slower than fp32 on an AVX2-only EPYC)
             return torch.bfloat16 if cpu.native_bf16() else torch.float32
-        rows = x.numel() // x.shape[-1] if self.is_linear else _FP16_NATIVE_MAX_ROWS + 1
+        rows = self._rows(x) if self.is_linear else _FP16_NATIVE_MAX_ROWS + 1
         return torch.float16 if rows <= _FP16_NATIVE_MAX_ROWS else torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +109,7 @@ class CastLayer(QuantModule):
                 f"dims] inputs, got shape {list(x.shape)}"
             )
         cd, out_dtype = self._compute_dtype(x), x.dtype
+        self._ran(self._paths[cd], self._rows(x))
         emulated = self.dtype is torch.bfloat16 and cd is torch.float32
         if emulated:  # round inputs (and outputs, below) to bf16: the numerics of a bf16 CPU
             x = x.to(torch.bfloat16)

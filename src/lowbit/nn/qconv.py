@@ -26,6 +26,7 @@ from torch import nn
 from lowbit.config import QuantMode, QuantScheme
 from lowbit.kernels import cpu, reference
 from lowbit.kernels.reference import CONV_FN
+from lowbit.nn import kernel_calls as kc
 from lowbit.nn.base import (
     EXPANSION_MIN_SQNR_DB,
     ActivationCodes,
@@ -36,6 +37,7 @@ from lowbit.nn.base import (
     placeholder_qparams,
     quantize_weight,
 )
+from lowbit.nn.kernel_calls import KernelPath
 from lowbit.weight_quant import placeholder_weight
 
 __all__ = ["QuantConv"]
@@ -95,6 +97,7 @@ class QuantConv(QuantModule):
     def _prepare(self) -> None:
         mode = self.scheme.mode
         self._fast, self._exact_fp32 = True, None
+        self._dequant_path = kc.dequant(cpu.dequant_dtype(), "conv")  # forward only picks it
         if mode is QuantMode.WEIGHT_ONLY:
             dt = "bf16" if cpu.native_bf16() else "fp32 (bf16 is not native on this CPU)"
             self.kernel = f"dequantize + {dt} conv (no fused weight-only int8 conv in torch)"
@@ -157,15 +160,21 @@ class QuantConv(QuantModule):
                 f"QuantConv expects [batch, {self.in_channels}, *{self.dims} spatial dims] inputs, "
                 f"got shape {list(x.shape)}"
             )
+        path, y = self._conv(x)
+        self._ran(path, x.numel() // self.in_channels)
+        return y.to(x.dtype)
+
+    def _conv(self, x: torch.Tensor) -> tuple[KernelPath, torch.Tensor]:
+        """The convolution on this call's kernel, and that kernel's path."""
         if self.scheme.mode is QuantMode.WEIGHT_ONLY:
             w = self.dequantized_weight().to(cpu.dequant_dtype())
             b = None if self.bias is None else self.bias.to(w.dtype)
             y = CONV_FN[self.dims](
                 x.to(w.dtype), w, b, self.stride, self.padding, self.dilation, self.groups
             )
-            return y.to(x.dtype)
+            return self._dequant_path, y
         if not self._uint8_inputs():
-            return self._forward_general(x.float()).to(x.dtype)
+            return kc.REFERENCE_FP64_CONV, self._forward_general(x.float())
         qx, scale, zp = self._quantize_input(x.float())
         if self._fast:
             y = cpu.int8_conv(
@@ -180,16 +189,16 @@ class QuantConv(QuantModule):
                 self.dilation,
                 self.groups,
             )
-        elif self._exact_fp32 is not None:
-            w_int8, w_scale = self._exact_fp32
-            acc = cpu.int8_conv_fp32(qx, zp, w_int8, self.stride, self.padding, self.dilation,
-                                     self.groups)  # fmt: skip
-            shape = [1, -1] + [1] * self.dims
-            y = acc * (w_scale.double() * scale).reshape(shape)
-            y = (y if self.bias is None else y + self.bias.double().reshape(shape)).float()
-        else:
-            y = self._conv_reference(qx, scale, zp)
-        return y.to(x.dtype)
+            return kc.INT8_ONEDNN_CONV, y
+        if self._exact_fp32 is None:
+            return kc.REFERENCE_FP64_CONV, self._conv_reference(qx, scale, zp)
+        w_int8, w_scale = self._exact_fp32
+        acc = cpu.int8_conv_fp32(qx, zp, w_int8, self.stride, self.padding, self.dilation,
+                                 self.groups)  # fmt: skip
+        shape = [1, -1] + [1] * self.dims
+        y = acc * (w_scale.double() * scale).reshape(shape)
+        y = (y if self.bias is None else y + self.bias.double().reshape(shape)).float()
+        return kc.INT8_FP32_CONV, y
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         """Activations of widths other than 8 bits: quantize-dequantize them as the spec says

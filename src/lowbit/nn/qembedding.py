@@ -23,6 +23,7 @@ from torch import nn
 from lowbit.config import QuantMode, QuantScheme
 from lowbit.formats import CodebookFormat, IntFormat, get_format
 from lowbit.granularity import GranularityKind
+from lowbit.nn import kernel_calls as kc
 from lowbit.nn.base import QuantizedWeight, QuantModule, check_finite, quantize_weight
 from lowbit.weight_quant import dequantize_weight, placeholder_weight
 
@@ -53,6 +54,7 @@ class QuantEmbedding(QuantModule):
         if scheme.mode is QuantMode.CAST:
             self.weight = nn.Parameter(half_weight, requires_grad=False)
             self.kernel = f"{scheme.compute_dtype} gather"
+            self._cast_path = kc.cast(half_weight.dtype, half_weight.dtype, "gather")
         else:
             self._register_qweight(qweight)
             self._prepare()
@@ -129,7 +131,9 @@ class QuantEmbedding(QuantModule):
         if ids.is_floating_point():
             raise ValueError(f"QuantEmbedding takes integer ids, got {ids.dtype}")
         if self.scheme.mode is QuantMode.CAST:
+            self._ran(self._cast_path, ids.numel())
             return nn.functional.embedding(ids, self.weight).float()
+        self._ran(kc.CODE_GATHER if self._row_scale is None else kc.INT8_GATHER, ids.numel())
         if self._row_scale is not None:
             rows = nn.functional.embedding(ids, self.qweight)
             scale = nn.functional.embedding(ids, self._row_scale)

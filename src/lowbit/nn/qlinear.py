@@ -36,6 +36,7 @@ from lowbit.config import QuantMode, QuantScheme
 from lowbit.formats import IntFormat
 from lowbit.granularity import GranularityKind
 from lowbit.kernels import cpu
+from lowbit.nn import kernel_calls as kc
 from lowbit.nn.base import (
     EXPANSION_MIN_SQNR_DB,
     INPUT_SCALE_ATTR,
@@ -50,6 +51,7 @@ from lowbit.nn.base import (
 from lowbit.nn.base import (
     placeholder_qparams as _placeholder_qparams,
 )
+from lowbit.nn.kernel_calls import KernelPath
 from lowbit.weight_quant import placeholder_weight
 
 __all__ = ["QuantLinear"]
@@ -121,6 +123,10 @@ class QuantLinear(QuantModule):
         """Derive kernel-side data from the stored tensors and choose the kernel."""
         mode = self.scheme.mode
         self._fast, self._int4, self._w_bf16 = True, None, None
+        # Paths fixed per machine, looked up once: forward only picks one (cheap, and nothing
+        # for torch.compile to trace). cpu.int8_matmul: _int_mm with VNNI, else fp32 GEMMs.
+        self._int8_path = kc.INT8_INT_MM if cpu.has_vnni() else kc.INT8_FP32_GEMM
+        self._dequant_path = kc.dequant(cpu.dequant_dtype(), "matmul")
         if mode is QuantMode.STATIC:
             self._codes = ActivationCodes(
                 self.scheme.activation, self.input_scale, self.input_zero_point
@@ -148,6 +154,7 @@ class QuantLinear(QuantModule):
         if int8.sqnr_db < EXPANSION_MIN_SQNR_DB:
             # Groups of very different magnitude in a row: keep the exact values in bf16.
             self._w_bf16 = self.dequantized_weight().to(cpu.dequant_dtype())
+            self._dequant_path = kc.dequant_at_load(self._w_bf16.dtype)
             self.kernel = (
                 "bf16 GEMM on weights dequantized at load (int8 expansion would be only "
                 f"{int8.sqnr_db:.0f} dB from the stored format)"
@@ -235,31 +242,44 @@ class QuantLinear(QuantModule):
         x2 = x.reshape(-1, self.in_features)
         if self.input_smooth is not None:
             x2 = x2 * self.input_smooth
-        if not self._fast:
-            y = self._forward_reference(x2)
-        elif self._w_bf16 is not None:
-            y = nn.functional.linear(x2.to(self._w_bf16.dtype), self._w_bf16)
-            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
-        elif self._int4 is not None:
-            if x2.shape[0] >= cpu.WEIGHT_ONLY_DEQUANT_MIN_ROWS:
-                # The int4 kernel's cost grows linearly with rows (a GEMV per row); for large
-                # batches one dequantize per call + a bf16 GEMM is faster (see RESULTS.md).
-                w = self.dequantized_weight().to(cpu.dequant_dtype())
-                y = nn.functional.linear(x2.to(w.dtype), w)
-            else:
-                y = cpu.int4_matmul(x2, *self._int4)
-            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
-        elif self.scheme.mode is QuantMode.WEIGHT_ONLY:
-            y = cpu.weight_int8_matmul(x2, self._w_int8, self._scale_bf16)
-            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype).add_(self.bias)
-        elif self.scheme.mode is QuantMode.DYNAMIC:
+        path, y = self._matmul(x2, x.dtype)
+        self._ran(path, x2.shape[0])
+        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _matmul(self, x2: torch.Tensor, dtype: torch.dtype) -> tuple[KernelPath, torch.Tensor]:
+        """``y = x2 @ W^T + b`` on this call's kernel (weight-only: bias added in the caller's
+        ``dtype``), and that kernel's path."""
+        mode = self.scheme.mode
+        if not self._fast:  # weight-only references run fp32, the others exact fp64
+            ref = kc.REFERENCE_FP32_MATMUL, kc.REFERENCE_FP64_MATMUL
+            return ref[mode is not QuantMode.WEIGHT_ONLY], self._forward_reference(x2)
+        if mode is QuantMode.WEIGHT_ONLY:
+            path, y = self._weight_only(x2)
+            return path, (y.to(dtype) if self.bias is None else y.to(dtype).add_(self.bias))
+        path = self._int8_path
+        if mode is QuantMode.DYNAMIC:
             qx, sx = cpu.quantize_dynamic_int8(x2, self._per_token)
             acc = cpu.int8_matmul(qx, self._w_int8)
-            y = cpu.dequantize_accumulator(acc, sx, self._w_scale, self.bias)
-        else:
-            acc = cpu.int8_matmul(self._codes(x2.float()), self._w_int8)
-            y = cpu.dequantize_accumulator(acc, None, self._out_scale, self._bias_eff)
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+            return path, cpu.dequantize_accumulator(acc, sx, self._w_scale, self.bias)
+        acc = cpu.int8_matmul(self._codes(x2.float()), self._w_int8)
+        return path, cpu.dequantize_accumulator(acc, None, self._out_scale, self._bias_eff)
+
+    def _weight_only(self, x2: torch.Tensor) -> tuple[KernelPath, torch.Tensor]:
+        """bf16 activations: a weight-pack kernel below ``WEIGHT_ONLY_DEQUANT_MIN_ROWS`` rows,
+        dequantize + float GEMM from there on (or always, for weights dequantized at load)."""
+        if self._w_bf16 is not None:
+            w = self._w_bf16
+            return self._dequant_path, nn.functional.linear(x2.to(w.dtype), w)
+        packed = cpu.uses_weight_pack(x2.shape[0])
+        if self._int4 is None:
+            y = cpu.weight_int8_matmul(x2, self._w_int8, self._scale_bf16)
+            return (kc.INT8_WEIGHT_PACK if packed else self._dequant_path), y
+        if packed:
+            return kc.INT4_WEIGHT_PACK, cpu.int4_matmul(x2, *self._int4)
+        # The int4 kernel's cost grows linearly with rows (a GEMV per row); for large batches
+        # one dequantize per call + a bf16 GEMM is faster (see RESULTS.md).
+        w = self.dequantized_weight().to(cpu.dequant_dtype())
+        return self._dequant_path, nn.functional.linear(x2.to(w.dtype), w)
 
     def _forward_reference(self, x2: torch.Tensor) -> torch.Tensor:
         """The numerical oracle: exact integer accumulation where activations are integers."""

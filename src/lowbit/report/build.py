@@ -3,8 +3,9 @@
 For each variant (float32 first, then presets and ``PRESET+algorithm`` techniques) it measures,
 in this process: artifact size and compression ratio (from the saved files), the user's metric
 through ``evaluate``, latency at batch 1 and at the calibration batch size (medians; float32 and
-every variant timed in interleaved rounds of one run), an energy estimate per inference (:mod:`.energy`) and RAPL energy where readable,
-and each layer's weight SQNR. With ``train`` batches it also times training epochs (float32,
+every variant timed in interleaved rounds of one run) with the kernels each layer ran at those
+sizes (one untimed call each), an energy estimate per inference (:mod:`.energy`) and RAPL energy
+where readable, and each layer's weight SQNR. With ``train`` batches it also times training epochs (float32,
 bf16 autocast, QAT) and adds a QAT row next to the PTQ ones.
 
 >>> rep = lowbit.report(model, calibration=batches, evaluate=accuracy)  # doctest: +SKIP
@@ -30,6 +31,7 @@ from lowbit.errors import ConfigError
 from lowbit.measure.latency import compare_latency
 from lowbit.measure.machine import machine_info
 from lowbit.measure.size import bits_per_weight, layer_weight_bytes
+from lowbit.nn.kernel_calls import record_kernels
 from lowbit.ptq.capture import call_model, materialize
 from lowbit.report.energy import SOURCE, count_ops, estimate_energy_pj, rapl_energy_uj
 from lowbit.report.result import Report
@@ -83,6 +85,13 @@ def _precision(module: nn.Module) -> tuple[str, int]:
     return "fp16", 2  # weight-only and cast schemes: 16-bit activations (bf16/fp16)
 
 
+def _kernels(qmodel: nn.Module, batch: tuple[tuple, dict]) -> dict[str, Any]:
+    """What one untimed call ran: a summary (layers per kernel) and the float-compute layers."""
+    with torch.inference_mode(), record_kernels(qmodel) as calls:
+        call_model(qmodel, batch)
+    return {"summary": calls.summary(), "float_compute": calls.float_layers()}
+
+
 class _Measurer:
     """Measures one variant against the float model's layers, batches and latency."""
 
@@ -117,6 +126,8 @@ class _Measurer:
             "metric": float(self.evaluate(qmodel)),
             "bits_per_weight": bits,
             "size_bytes": size,
+            "kernels_b1": _kernels(qmodel, self.one),
+            "kernels_bn": _kernels(qmodel, self.big),
             "energy_est_uj": energy["total"] / 1e6,
             "energy_est_parts_uj": {k: v / 1e6 for k, v in energy.items()},
             "layer_sqnr_db": self._layer_sqnr(layers, qmodel),

@@ -63,6 +63,9 @@ class Report:
                 "speed-up b1": ratio(f["latency_b1_ms"], r["latency_b1_ms"]),
                 f"batch {self.meta['batch_size']} ms": f"{r['latency_bn_ms']:.2f}",
                 "speed-up": ratio(f["latency_bn_ms"], r["latency_bn_ms"])} for r in self.rows]  # fmt: skip
+        n = self.meta["batch_size"]
+        kernels = [{"variant": r["variant"], "batch 1": _kernel_summary(r, "kernels_b1"),
+                    f"batch {n}": _kernel_summary(r, "kernels_bn")} for r in self.rows]  # fmt: skip
         energy = [{"variant": r["variant"], "estimate µJ": f"{r['energy_est_uj']:.2f}",
                    "compute µJ": f"{r['energy_est_parts_uj']['compute']:.2f}",
                    "weights µJ": f"{r['energy_est_parts_uj']['weights']:.2f}",
@@ -93,6 +96,10 @@ class Report:
              "with 0 layers quantized is the float model (every layer fell back, see the log)."),
             ("Latency", list(lat[0]), lat,
              "Medians of repeated runs, float32 timed in the same run; speed-up = float / variant."),
+            ("Kernels run at each batch size", list(kernels[0]), kernels,
+             "Quantized layers per kernel in one untimed call: integer-weight kernels first, then "
+             "float-compute paths (dequantize + float GEMM/conv, reference fallbacks, 16-bit "
+             "cast layers) with the rows they ran at. Layers left float are not counted here."),
             (f"Energy per batch of {self.meta['batch_size']} (estimate)", list(energy[0]), energy,
              "Counted MACs of the Linear/Conv layers x per-op energy by precision + weight bytes "
              "read from DRAM (embeddings: the gathered rows) + activation bytes from SRAM; other "
@@ -112,7 +119,7 @@ class Report:
                       "vs float32": ratio(t["seconds_per_epoch"],
                                           self.training[0]["seconds_per_epoch"]),
                       f"{m} after": f"{t['metric_after']:.4f}"} for t in self.training]  # fmt: skip
-            out.insert(4, ("Training time", list(train[0]), train,
+            out.insert(5, ("Training time", list(train[0]), train,
                            "Seconds per epoch over the given training batches, this machine."))  # fmt: skip
         return out
 
@@ -207,6 +214,11 @@ text-align:right}}th{{background:#eee}}td:first-child,th:first-child{{text-align
 {body}
 </body></html>
 """
+
+
+def _kernel_summary(row: dict[str, Any], key: str) -> str:
+    """``"12 int8 _int_mm, 2 dequant+bf16 matmul (256 rows)"``; ``"float"`` for the float model."""
+    return row.get(key, {}).get("summary") or "float"
 
 
 def _quantized_share(row: dict[str, Any]) -> str:
