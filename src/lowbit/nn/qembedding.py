@@ -38,6 +38,8 @@ def embedding_unsupported_reason(module: nn.Embedding) -> str | None:
 class QuantEmbedding(QuantModule):
     """Embedding lookup from an int8 (per-row scaled) or half-precision table."""
 
+    _derived = ("_row_scale",)
+
     def __init__(
         self,
         num_embeddings: int,
