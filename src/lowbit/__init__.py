@@ -18,6 +18,7 @@ from lowbit.errors import (
     InvalidModelError,
     LowbitError,
     UnknownPresetError,
+    UnsupportedDeviceError,
     UnsupportedLayerError,
 )
 from lowbit.export import export_onnx
@@ -63,5 +64,6 @@ __all__ = [
     "InvalidModelError",
     "ArtifactError",
     "UnsupportedLayerError",
+    "UnsupportedDeviceError",
     "__version__",
 ]

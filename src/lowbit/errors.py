@@ -13,6 +13,7 @@ __all__ = [
     "InvalidModelError",
     "ArtifactError",
     "UnsupportedLayerError",
+    "UnsupportedDeviceError",
     "field_error",
     "in_field",
 ]
@@ -39,6 +40,10 @@ class CalibrationError(LowbitError, ValueError):
 
 class InvalidModelError(LowbitError, ValueError):
     """The model cannot be quantized as given (NaN/Inf weights, not an nn.Module...)."""
+
+
+class UnsupportedDeviceError(InvalidModelError):
+    """A model or quantized layer is asked to live off the CPU (lowbit's kernels are CPU-only)."""
 
 
 class ArtifactError(LowbitError, OSError):
