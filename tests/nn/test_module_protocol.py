@@ -157,6 +157,12 @@ def test_moves_off_the_cpu_are_refused(move) -> None:
     assert torch.equal(q(x), y)  # refused before any tensor moved
 
 
+def test_quantize_refuses_a_model_off_the_cpu() -> None:
+    model = ConvMLP().to("meta")
+    with pytest.raises(UnsupportedDeviceError, match=r"'conv.weight' is on device 'meta'.*cpu\(\)"):
+        lowbit.quantize(model, "W8A8-dynamic")
+
+
 class EmbedNorm(nn.Module):
     """Embedding, then a float LayerNorm that needs its input in the model's dtype."""
 
