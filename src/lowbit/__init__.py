@@ -21,6 +21,7 @@ from lowbit.errors import (
     LowbitError,
     NothingQuantizedWarning,
     UnknownPresetError,
+    UnsupportedDeviceError,
     UnsupportedLayerError,
 )
 from lowbit.export import export_onnx
@@ -67,6 +68,7 @@ __all__ = [
     "ArtifactError",
     "UnsupportedLayerError",
     "NothingQuantizedWarning",
+    "UnsupportedDeviceError",
     "__version__",
     # subpackages
     "algorithms",

@@ -14,6 +14,7 @@ __all__ = [
     "ArtifactError",
     "UnsupportedLayerError",
     "NothingQuantizedWarning",
+    "UnsupportedDeviceError",
     "field_error",
     "in_field",
 ]
@@ -40,6 +41,10 @@ class CalibrationError(LowbitError, ValueError):
 
 class InvalidModelError(LowbitError, ValueError):
     """The model cannot be quantized as given (NaN/Inf weights, not an nn.Module...)."""
+
+
+class UnsupportedDeviceError(InvalidModelError):
+    """A model or quantized layer is asked to live off the CPU (lowbit's kernels are CPU-only)."""
 
 
 class ArtifactError(LowbitError, OSError):

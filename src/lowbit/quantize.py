@@ -30,11 +30,13 @@ from lowbit.errors import (
     ConfigError,
     InvalidModelError,
     NothingQuantizedWarning,
+    UnsupportedDeviceError,
     UnsupportedLayerError,
 )
 from lowbit.granularity import GranularityKind
 from lowbit.nn import QuantModule, is_quantizable, layer_class, unsupported_reason
 from lowbit.nn.base import static_input_qparams
+from lowbit.nn.module_protocol import CPU_ONLY
 from lowbit.presets import get_preset
 from lowbit.ptq.capture import materialize
 from lowbit.ptq.options import PTQOptions, parse_algorithms
@@ -133,6 +135,12 @@ def _check_model(model: Any) -> None:
             "again would compound the rounding), or lowbit.load a saved artifact"
         )
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.device.type != "cpu":
+            raise UnsupportedDeviceError(
+                f"parameter {name!r} is on device {str(tensor.device)!r}: {CPU_ONLY}. Call "
+                "model.cpu() before lowbit.quantize (a model on 'meta' has no weights yet: "
+                "load them first, e.g. load_state_dict(..., assign=True))"
+            )
         bad = int((~torch.isfinite(tensor.detach())).sum()) if tensor.is_floating_point() else 0
         if bad:
             raise InvalidModelError(

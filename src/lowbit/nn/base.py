@@ -2,8 +2,9 @@
 
 A quantized layer stores its *integer* weight (``qweight``), its per-block ``weight_scale`` and
 ``weight_zero_point`` and, for static activations, ``input_scale``/``input_zero_point``. Anything
-derived for a kernel (packed layouts, fused epilogue vectors) is recomputed after construction
-and after ``load_state_dict`` and is never saved.
+derived for a kernel (packed layouts, fused epilogue vectors) is recomputed after construction,
+``load_state_dict``, ``copy.deepcopy`` and unpickling, and is never saved
+(:mod:`lowbit.nn.module_protocol`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.formats import IntFormat
 from lowbit.kernels import cpu
 from lowbit.nn.kernel_calls import KernelPath
+from lowbit.nn.module_protocol import PreparedModule
 from lowbit.primitives import block_minmax, block_view, choose_qparams, fake_quantize
 from lowbit.weight_quant import QuantizedWeight, check_finite, dequantize_weight, quantize_weight
 
@@ -58,7 +59,7 @@ class Int8Weight(NamedTuple):
     sqnr_db: float
 
 
-class QuantModule(nn.Module):
+class QuantModule(PreparedModule):
     """Base of lowbit's quantized layers: a scheme, a kernel name, and a JSON-able spec.
 
     ``kernel`` describes the path chosen at load; ``last_call`` is ``(KernelPath, rows)`` of the
@@ -111,8 +112,6 @@ class QuantModule(nn.Module):
             self.register_buffer("weight_zero_point", qw.zero_point.to(zp_dtype))
         if qw.codebook is not None:
             self.register_buffer("weight_codebook", qw.codebook)
-        # Derived kernel data must follow the stored tensors after load_state_dict.
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._prepare())
 
     def _quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(
@@ -184,9 +183,6 @@ class QuantModule(nn.Module):
         ratio = torch.where(exact | (signal == 0), torch.inf, signal / noise.clamp(min=1e-30))
         worst = float(ratio.min())
         return math.inf if math.isinf(worst) else 10 * math.log10(worst)
-
-    def _prepare(self) -> None:  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
 
     def _fallback(self, reason: str) -> None:
         """Use the reference path, loudly: a warning now and the reason in ``self.kernel``."""

@@ -50,10 +50,16 @@ class CastLayer(QuantModule):
             None if b is None else nn.Parameter(b.detach().to(self.dtype), requires_grad=False)
         )
         self.in_features = module.weight.shape[1] * (1 if self.is_linear else module.groups)
+        self._prepare()
+
+    _derived = ("_paths",)
+
+    def _prepare(self) -> None:
+        """The kernel names of this machine (a pickled layer may be loaded on another)."""
         op = "matmul" if self.is_linear else "conv"
         # by compute dtype, built once: forward only looks one up
         self._paths = {dt: kc.cast(dt, self.dtype, op) for dt in (self.dtype, torch.float32)}
-        self.kernel = f"{scheme.compute_dtype} {op}"
+        self.kernel = f"{self.scheme.compute_dtype} {op}"
         if self.dtype is torch.bfloat16 and not cpu.native_bf16():
             self.kernel = f"fp32 {op} on upcast bf16 weights (bf16 is not native on this CPU)"
         if self.dtype is torch.float16:

@@ -46,6 +46,9 @@ __all__ = ["QuantConv"]
 class QuantConv(QuantModule):
     """Integer-weight 1-D/2-D convolution; build it with :meth:`from_float`."""
 
+    # oneDNN's prepacked weight (_packed) has no storage: it cannot be copied, only rebuilt
+    _derived = ("_fast", "_exact_fp32", "_codes", "_w_scale", "_packed", "_dequant_path")
+
     def __init__(
         self,
         conv: nn.Conv1d | nn.Conv2d,

@@ -37,7 +37,13 @@ def embedding_unsupported_reason(module: nn.Embedding) -> str | None:
 
 
 class QuantEmbedding(QuantModule):
-    """Embedding lookup from an int8 (per-row scaled) or half-precision table."""
+    """Embedding lookup from an int8 (per-row scaled) or half-precision table.
+
+    Lookups come out in ``output_dtype`` (float32; ``.half()``/``.to(dtype)`` change it as they
+    would a float embedding's, while the stored table keeps its format).
+    """
+
+    _derived = ("_row_scale", "_cast_path")
 
     def __init__(
         self,
@@ -51,13 +57,13 @@ class QuantEmbedding(QuantModule):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx, self.scheme = padding_idx, scheme
+        self.output_dtype = torch.float32
         if scheme.mode is QuantMode.CAST:
             self.weight = nn.Parameter(half_weight, requires_grad=False)
             self.kernel = f"{scheme.compute_dtype} gather"
-            self._cast_path = kc.cast(half_weight.dtype, half_weight.dtype, "gather")
         else:
             self._register_qweight(qweight)
-            self._prepare()
+        self._prepare()
 
     @staticmethod
     def _row_scheme(scheme: QuantScheme, dim: int) -> QuantScheme:
@@ -118,6 +124,7 @@ class QuantEmbedding(QuantModule):
 
     def _prepare(self) -> None:
         if self.scheme.mode is QuantMode.CAST:
+            self._cast_path = kc.cast(self.weight.dtype, self.weight.dtype, "gather")
             return
         # The fast gather needs integer codes with one symmetric scale per row.
         self._row_scale = self._per_channel_scale()
@@ -127,18 +134,24 @@ class QuantEmbedding(QuantModule):
         else:
             self.kernel = f"gather {self.scheme.weight.format} code rows + dequantize"
 
+    def _follow_float_dtype(self, dtype: torch.dtype) -> None:
+        self.output_dtype = dtype
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if ids.is_floating_point():
             raise ValueError(f"QuantEmbedding takes integer ids, got {ids.dtype}")
         if self.scheme.mode is QuantMode.CAST:
             self._ran(self._cast_path, ids.numel())
-            return nn.functional.embedding(ids, self.weight).float()
-        self._ran(kc.CODE_GATHER if self._row_scale is None else kc.INT8_GATHER, ids.numel())
-        if self._row_scale is not None:
+            y = nn.functional.embedding(ids, self.weight).float()
+        elif self._row_scale is not None:
+            self._ran(kc.INT8_GATHER, ids.numel())
             rows = nn.functional.embedding(ids, self.qweight)
             scale = nn.functional.embedding(ids, self._row_scale)
-            return rows.to(torch.float32).mul_(scale)
-        return self._gather_dequantize(ids)
+            y = rows.to(torch.float32).mul_(scale)
+        else:
+            self._ran(kc.CODE_GATHER, ids.numel())
+            y = self._gather_dequantize(ids)
+        return y.to(self.output_dtype)
 
     def _gather_dequantize(self, ids: torch.Tensor) -> torch.Tensor:
         """Dequantize only the looked-up rows: their codes with their rows of parameters."""

@@ -62,6 +62,10 @@ log = logging.getLogger(__name__)
 class QuantLinear(QuantModule):
     """Integer-weight linear layer; build it with :meth:`from_float` (or :meth:`from_spec`)."""
 
+    _derived = ("_fast", "_int4", "_w_bf16", "_codes", "_w_int8", "_w_scale", "_scale_bf16",
+                "_per_token", "_out_scale", "_bias_eff", "_dequant_path",
+                "_int8_path")  # fmt: skip
+
     def __init__(
         self,
         in_features: int,
