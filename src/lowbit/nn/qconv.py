@@ -163,7 +163,7 @@ class QuantConv(QuantModule):
                 f"QuantConv expects [batch, {self.in_channels}, *{self.dims} spatial dims] inputs, "
                 f"got shape {list(x.shape)}"
             )
-        path, y = self._conv(x)
+        path, y = self._conv(x.detach())  # inference only, as QuantLinear
         self._ran(path, x.numel() // self.in_channels)
         return y.to(x.dtype)
 

@@ -243,7 +243,9 @@ class QuantLinear(QuantModule):
                 f"QuantLinear expects inputs with last dimension {self.in_features}, "
                 f"got shape {list(shape)}"
             )
-        x2 = x.reshape(-1, self.in_features)
+        # Inference only, on every path alike: torch's int4/int8 kernels have no derivative
+        # and the int8 epilogue writes in place (train with lowbit.qat instead).
+        x2 = x.detach().reshape(-1, self.in_features)
         if self.input_smooth is not None:
             x2 = x2 * self.input_smooth
         path, y = self._matmul(x2, x.dtype)
