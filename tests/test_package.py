@@ -36,3 +36,18 @@ def test_cpuinfo_is_closed_after_reading(read) -> None:
         read()
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_no_public_name_shadows_a_submodule() -> None:
+    """``lowbit.report`` (a function) hid the ``lowbit.report`` package: ``lowbit.report.Report``
+    failed (issue 18). The package is ``lowbit.reporting`` now, the pipeline ``lowbit.pipeline``."""
+    import pkgutil
+
+    import lowbit
+
+    modules = {m.name for m in pkgutil.iter_modules(lowbit.__path__)}
+    for name in lowbit.__all__:
+        value = getattr(lowbit, name)
+        assert name not in modules or type(value).__name__ == "module", name
+    assert lowbit.reporting.Report is lowbit.Report
+    assert lowbit.pipeline.quantize is lowbit.quantize

@@ -25,10 +25,10 @@ from lowbit.errors import (
     UnsupportedLayerError,
 )
 from lowbit.export import export_onnx
+from lowbit.pipeline import QuantizationRecord, quantize
 from lowbit.presets import PRESETS, get_preset, preset_names
 from lowbit.ptq import ALGORITHMS, PTQOptions
-from lowbit.quantize import QuantizationRecord, quantize
-from lowbit.report import Report, report
+from lowbit.reporting import Report, report
 from lowbit.search import AutoResult, auto
 from lowbit.serialization import artifact_size, load, model_size, save
 

@@ -36,7 +36,7 @@ import lowbit
 from lowbit.deploy.cli import add_parser as add_bench_parser
 from lowbit.errors import LowbitError
 from lowbit.ptq import ALGORITHMS
-from lowbit.report.cli import add_parser as add_report_parser
+from lowbit.reporting.cli import add_parser as add_report_parser
 from lowbit.search.cli import add_parser as add_auto_parser
 from lowbit.tasks import TASKS
 
@@ -112,7 +112,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "inputs, timed in this run against the float32 model."
     )
     if args.out:
-        from lowbit.report.cli import write_report
+        from lowbit.reporting.cli import write_report
 
         task = args.tasks[0]  # the demo's first task (digits by default)
         out = write_report(task, args.out, seed=args.seed)

@@ -46,7 +46,7 @@ from lowbit.errors import ArtifactError, ConfigError, InvalidModelError
 from lowbit.formats import get_format
 from lowbit.nn import LAYER_TYPES
 from lowbit.packing import pack, unpack
-from lowbit.quantize import QuantizationRecord
+from lowbit.pipeline import QuantizationRecord
 from lowbit.transforms.bn_fold import _set, apply_folds_
 from lowbit.transforms.linearize import linearize_
 

@@ -43,11 +43,11 @@ from tqdm.auto import tqdm
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import CalibrationError, ConfigError, InvalidModelError
 from lowbit.nn import QuantLinear, unsupported_reason
+from lowbit.pipeline import QuantizationRecord, _group_misfit, resolve_config
 from lowbit.ptq.capture import Batch, _Stop, call_model, materialize
 from lowbit.ptq.checkpoint import CheckpointReader, decoder_blocks, meta_skeleton
 from lowbit.ptq.options import PTQOptions, parse_algorithms
 from lowbit.ptq.sequential import round_layers
-from lowbit.quantize import QuantizationRecord, _group_misfit, resolve_config
 from lowbit.serialization import save
 from lowbit.targeting import scheme_for
 

@@ -20,9 +20,9 @@ from torch import nn
 from lowbit.calibrate import collect_input_ranges
 from lowbit.config import QuantConfig, QuantMode, QuantScheme
 from lowbit.errors import ConfigError, InvalidModelError
+from lowbit.pipeline import QuantizationRecord, _check_model, _plan, resolve_config
 from lowbit.qat.bn import QATConvBN
 from lowbit.qat.modules import QATConv, QATLayer, QATLinear
-from lowbit.quantize import QuantizationRecord, _check_model, _plan, resolve_config
 from lowbit.transforms.bn_fold import (
     _set,
     find_conv_bn_pairs,

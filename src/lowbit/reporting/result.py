@@ -160,7 +160,7 @@ class Report:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``report.md``, ``report.html`` (self-contained), ``report.json`` and the PNGs."""
-        from lowbit.report.plots import draw_all
+        from lowbit.reporting.plots import draw_all
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lowbit.analysis.plots import _figure, _front_2d, _save
 
 if TYPE_CHECKING:
-    from lowbit.report.result import Report
+    from lowbit.reporting.result import Report
 
 __all__ = ["draw_all"]
 

@@ -45,7 +45,7 @@ def test_every_variant_is_timed_in_one_interleaved_run(monkeypatch):
     """The report timed float once, then each variant in turn (issue 18): one compare_latency
     per batch size now takes float32 and every variant, the QAT row included."""
     from lowbit.measure import LatencyResult
-    from lowbit.report import build
+    from lowbit.reporting import build
 
     calls = []
 
@@ -139,7 +139,7 @@ def test_bad_input_gets_clear_errors(setup):
 
 def test_report_command_refreshes_the_readme_section(tmp_path, capsys):
     from lowbit.cli import main
-    from lowbit.report.cli import END, START
+    from lowbit.reporting.cli import END, START
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\nbefore\n\n{START}\nold numbers\n{END}\n\nafter\n")
@@ -182,7 +182,7 @@ def test_a_model_with_an_embedding_table_under_cast_and_integer_schemes():
 
 
 def test_batch_one_cuts_batch_tensors_only():
-    from lowbit.report.build import _slice
+    from lowbit.reporting.build import _slice
 
     ids, mask = torch.zeros(8, 5), torch.ones(5, 5)  # a [L, L] mask is not per sample
     args, kwargs = _slice(((ids, [ids, 3]), {"mask": mask, "x": {"y": ids}}), 1)

@@ -33,8 +33,8 @@ from lowbit.measure.machine import machine_info
 from lowbit.measure.size import bits_per_weight, layer_weight_bytes
 from lowbit.nn.kernel_calls import record_kernels
 from lowbit.ptq.capture import call_model, materialize
-from lowbit.report.energy import SOURCE, count_ops, estimate_energy_pj, rapl_energy_uj
-from lowbit.report.result import Report
+from lowbit.reporting.energy import SOURCE, count_ops, estimate_energy_pj, rapl_energy_uj
+from lowbit.reporting.result import Report
 from lowbit.transforms.bn_fold import fold_batchnorm_
 
 __all__ = ["report", "DEFAULT_SCHEMES", "GROUPS"]
