@@ -17,8 +17,9 @@ from benchmarks.common import machine
 from lowbit.demo import DEMO_SCHEMES, run_demo
 from lowbit.measure import format_table
 
-COLUMNS = ["scheme", "bits/w", "digits acc %", "mnist1d acc %", "MiniLM cos mean",
-           "MiniLM cos min", "MiniLM b1 speed-up", "MiniLM b32 speed-up"]  # fmt: skip
+COLUMNS = ["scheme", "bits/w", "layers left float (digits / mnist1d / MiniLM)", "digits acc %",
+           "mnist1d acc %", "MiniLM cos mean", "MiniLM cos min", "MiniLM b1 speed-up",
+           "MiniLM b32 speed-up"]  # fmt: skip
 
 
 def run(schemes=DEMO_SCHEMES, min_time_s=2.0):
@@ -27,9 +28,12 @@ def run(schemes=DEMO_SCHEMES, min_time_s=2.0):
     rows = []
     for m in minilm:
         name = "float32" if m["variant"].startswith("float32") else m["variant"]
+        left = [demo[(t, name)]["layers left float"] for t in ("digits", "mnist1d")]
         rows.append({
             "scheme": name,
             "bits/w": m["bits/w"],
+            "layers left float (digits / mnist1d / MiniLM)":
+                " / ".join([*left, m["layers left float"]]),
             "digits acc %": demo[("digits", name)]["accuracy %"],
             "mnist1d acc %": demo[("mnist1d", name)]["accuracy %"],
             "MiniLM cos mean": m["cos mean"],

@@ -16,13 +16,15 @@ import torch
 
 import lowbit
 from benchmarks.common import machine, time_pair
+from lowbit.demo import layers_left_float
 from lowbit.measure import bits_per_weight, cosine_similarity, format_table
 from lowbit.serialization import artifact_size
 from lowbit.zoo import load_minilm, reference_sentences, sentence_embeddings
 
 SCHEMES = ("W8A8-dynamic", "W8A8", "W8A16", "BF16", "FP16")
-COLUMNS = ["variant", "cos mean", "cos min", "bits/w", "size MB", "size ratio", "b1 float ms", "b1 ms",
-           "b1 speed-up", "b32 float ms", "b32 ms", "b32 speed-up", "prep s"]  # fmt: skip
+COLUMNS = ["variant", "layers left float", "cos mean", "cos min", "bits/w", "size MB", "size ratio",
+           "b1 float ms", "b1 ms", "b1 speed-up", "b32 float ms", "b32 ms", "b32 speed-up",
+           "prep s"]  # fmt: skip
 # prep s: quantization (calibration included) plus the first batch, i.e. compile time too
 
 
@@ -50,6 +52,7 @@ def run(n_eval=320, n_calib=128, min_time_s=5.0, schemes=SCHEMES, compile_=False
     rows = [
         {
             "variant": "float32 (eager)",
+            "layers left float": "all",
             "cos mean": "1",
             "cos min": "1",
             "size MB": float_size / 1e6,
@@ -71,7 +74,8 @@ def run(n_eval=320, n_calib=128, min_time_s=5.0, schemes=SCHEMES, compile_=False
             path = lowbit.save(getattr(qm, "_orig_mod", qm), tmp)
             size, bits = artifact_size(path), bits_per_weight(path)
         rows.append({
-            "variant": name, "cos mean": f"{cos.mean():.4f}", "cos min": f"{cos.min():.4f}",
+            "variant": name, "layers left float": layers_left_float(qm),
+            "cos mean": f"{cos.mean():.4f}", "cos min": f"{cos.min():.4f}",
             "bits/w": bits,
             "size MB": size / 1e6, "size ratio": f"{size / float_size:.2f}",
             "b1 float ms": f1, "b1 ms": q1, "b1 speed-up": f"{f1 / q1:.2f}x",

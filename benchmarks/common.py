@@ -17,3 +17,4 @@ def time_pair(float_fn, quant_fn, min_time_s: float = 1.0, rounds: int = 3):
     r = compare_latency({"float": float_fn, "quant": quant_fn}, rounds=rounds,
                         min_time_s=min_time_s)  # fmt: skip
     return r["float"].median_ms, r["quant"].median_ms
+

@@ -21,7 +21,10 @@ def test_demo_runs_and_int8_keeps_digits_accuracy():
         assert 8.0 <= by_name[name]["bits/weight"] < 8.5
     nf4 = by_name["NF4"]
     assert 4.0 <= nf4["bits/weight"] <= 4.3 and nf4["accuracy %"] > 95
-    assert int(nf4["float layers"]) > 0  # convs whose rows (9, 32 weights) groups of 64 miss
+    left, considered = map(int, nf4["layers left float"].split(" of "))
+    assert 0 < left < considered  # convs whose rows (9, 32 weights) groups of 64 miss
+    assert by_name["W8A8"]["layers left float"] == f"0 of {considered}"
+    assert by_name["float32"]["layers left float"] == "all"
     table = format_demo(rows)
     assert "W8A8-dynamic" in table and "bits/weight" in table
 

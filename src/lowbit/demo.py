@@ -32,6 +32,7 @@ __all__ = [
     "run_task",
     "format_demo",
     "DEMO_SCHEMES",
+    "layers_left_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,17 +117,23 @@ def _row(task, name, model, split: Split, latency, float_latency) -> dict[str, o
         "size (bytes)": size,
         "batch latency ms": latency.median_ms,
         "speed-up": f"{float_latency.median_ms / latency.median_ms:.2f}x",
-        "float layers": _float_layers(model),
+        "layers left float": layers_left_float(model),
         "weight dtypes": _weight_dtypes(model),
     }
 
 
-def _float_layers(model: nn.Module) -> str:
-    """Quantizable layers left in float (e.g. a group size that does not divide them)."""
-    record = getattr(model, "lowbit_record", None)
+def layers_left_float(model: nn.Module) -> str:
+    """``"k of n"``: the quantizable layers a variant left in float (``lowbit_record.skipped``,
+    e.g. convs whose rows a group size does not divide) out of all it considered; ``"all"`` for
+    a float model. Compiled models (``torch.compile``) are read through to the original.
+
+    >>> layers_left_float(lowbit.quantize(nn.Sequential(nn.Linear(27, 8)), "W4A16-g128"))
+    '1 of 1'
+    """
+    record = getattr(getattr(model, "_orig_mod", model), "lowbit_record", None)
     if record is None:
         return "all"
-    return str(len(record.skipped))
+    return f"{len(record.skipped)} of {len(record.skipped) + len(record.layers)}"
 
 
 def _weight_dtypes(model: nn.Module) -> str:
@@ -147,7 +154,7 @@ COLUMNS = [
     "compression",
     "batch latency ms",
     "speed-up",
-    "float layers",
+    "layers left float",
     "weight dtypes",
 ]
 
