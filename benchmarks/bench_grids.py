@@ -17,6 +17,7 @@ from torch import nn
 
 import lowbit
 from benchmarks.common import machine
+from lowbit.demo import layers_left_float
 from lowbit.measure import bits_per_weight, cosine_similarity, format_table, sqnr_db
 from lowbit.zoo import load_minilm, reference_sentences, sentence_embeddings
 
@@ -54,7 +55,8 @@ def run(n_eval: int = 320):
         with tempfile.TemporaryDirectory() as tmp:
             bits = bits_per_weight(lowbit.save(q, tmp))
         rows.append({
-            "variant": label, "bits/w": bits, "weight SQNR dB": _weight_sqnr(model, q),
+            "variant": label, "layers left float": layers_left_float(q), "bits/w": bits,
+            "weight SQNR dB": _weight_sqnr(model, q),
             "cos mean": f"{cos.mean():.4f}", "cos min": f"{cos.min():.4f}",
         })  # fmt: skip
     return rows
@@ -75,7 +77,7 @@ def main() -> None:
     p.add_argument("--n-eval", type=int, default=320)
     args = p.parse_args()
     print(machine())
-    cols = ["variant", "bits/w", "weight SQNR dB", "cos mean", "cos min"]
+    cols = ["variant", "layers left float", "bits/w", "weight SQNR dB", "cos mean", "cos min"]
     print(format_table(run(args.n_eval), cols))
 
 

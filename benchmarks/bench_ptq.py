@@ -23,6 +23,7 @@ import torch
 
 import lowbit
 from benchmarks.common import machine
+from lowbit.demo import layers_left_float
 from lowbit.measure import cosine_similarity, format_table
 from lowbit.tasks import TASKS, train
 
@@ -47,7 +48,7 @@ def run_cnn(seeds: int, schemes=("W4A8", "W3A8")) -> list[dict]:
         task = TASKS[task_name]
         acc: dict[tuple[str, str], list[float]] = {}
         secs: dict[tuple[str, str], list[float]] = {}
-        floats = []
+        floats, left = [], {}
         for seed in range(seeds):
             split = task.load(seed=seed)
             torch.manual_seed(seed)
@@ -61,6 +62,7 @@ def run_cnn(seeds: int, schemes=("W4A8", "W3A8")) -> list[dict]:
                                         progress=False)  # fmt: skip
                     secs.setdefault((scheme, label), []).append(time.perf_counter() - start)
                     acc.setdefault((scheme, label), []).append(_accuracy(q, split))
+                    left[(scheme, label)] = layers_left_float(q)
                     print(task_name, seed, scheme, label, acc[(scheme, label)][-1],
                           f"{secs[(scheme, label)][-1]:.1f}s", flush=True)  # fmt: skip
         f = statistics.mean(floats)
@@ -71,6 +73,7 @@ def run_cnn(seeds: int, schemes=("W4A8", "W3A8")) -> list[dict]:
                 loss = f - statistics.mean(a)
                 rows.append({
                     "task": task_name, "scheme": scheme, "method": label,
+                    "layers left float": left[(scheme, label)],
                     "float %": f"{f:.2f}", "top-1 %": f"{statistics.mean(a):.2f}",
                     "per seed": " ".join(f"{v:.1f}" for v in a),
                     "drop": f"{loss:.2f}",
@@ -101,7 +104,8 @@ def run_minilm(n_eval=320, n_calib=128) -> list[dict]:
         seconds = time.perf_counter() - start
         with torch.inference_mode():
             cos = cosine_similarity(torch.cat([sentence_embeddings(q, b) for b in batches]), ref)
-        rows.append({"scheme": scheme, "method": label, "cos mean": f"{cos.mean():.4f}",
+        rows.append({"scheme": scheme, "method": label, "layers left float": layers_left_float(q),
+                     "cos mean": f"{cos.mean():.4f}",
                      "cos min": f"{cos.min():.4f}", "quantize s": f"{seconds:.1f}"})  # fmt: skip
         print(rows[-1], flush=True)  # progress: the table comes at the end
     return rows

@@ -17,11 +17,12 @@ import torch
 import lowbit
 from benchmarks.common import machine
 from lowbit import qat
+from lowbit.demo import layers_left_float
 from lowbit.measure import format_table, top1_accuracy
 from lowbit.tasks import TASKS, train
 
 SCHEMES = ("W8A8", "W4A8", "W4A4", "W2A8", "BINARY", "TERNARY")
-COLUMNS = ["task", "scheme", "float %", "PTQ %", "QAT fake %", "QAT int %", "agree %",
+COLUMNS = ["task", "scheme", "layers left float", "float %", "PTQ %", "QAT fake %", "QAT int %", "agree %",
            "float s/epoch", "QAT s/epoch"]  # fmt: skip
 
 
@@ -54,7 +55,8 @@ def run(tasks=("digits", "mnist1d"), schemes=SCHEMES, epochs=30, lr=2e-3, seed=0
             with torch.no_grad():
                 real = converted(split.x_test)
             rows.append({
-                "task": name, "scheme": scheme, "float %": 100 * float_acc,
+                "task": name, "scheme": scheme, "layers left float": layers_left_float(converted),
+                "float %": 100 * float_acc,
                 "PTQ %": 100 * top1_accuracy(ptq, split.x_test, split.y_test),
                 "QAT fake %": 100 * float((fake.argmax(1) == split.y_test).float().mean()),
                 "QAT int %": 100 * float((real.argmax(1) == split.y_test).float().mean()),
