@@ -98,6 +98,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     dynamic_axes: dict[str, dict[int, str]] | None = None,
     requantize_conv_outputs: bool = True,
+    quantize_outputs: bool = False,
 ) -> OnnxExport:
     """Write ``model`` (quantized by lowbit, or float) to ``path`` as ONNX.
 
@@ -107,6 +108,12 @@ def export_onnx(
     warning that one batch is a thin sample). ``dynamic_axes``: torch's ``{name: {axis: label}}``
     (default: the batch axis of every input and output, if ``dynamic_batch``). The file is
     written atomically: an existing file at ``path`` is replaced only by a complete export.
+
+    Model outputs stay float, as in lowbit's PyTorch model, so regression heads, embeddings and
+    inputs beyond the calibration range are not clamped. ``quantize_outputs=True`` is for
+    classifiers only: the logits are quantized too (uint8 on their calibrated range), so ONNX
+    Runtime runs the last ``Gemm`` as ``QGemm`` with integer output; a little faster, but logits
+    outside the calibration range clamp (at most 256 distinct values).
     """
     args = _as_tuple(example_inputs)
     path = Path(path)
@@ -129,7 +136,7 @@ def export_onnx(
             from lowbit.export.requant import requantize_conv_outputs as _requant
 
             batches = _calibration_feeds(calibration, args, input_names)
-            requantized = _requant(tmp, batches)
+            requantized = _requant(tmp, batches, quantize_outputs)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
