@@ -69,8 +69,14 @@ def _as_tuple(example_inputs) -> tuple:
 def _swapped(model: nn.Module):
     """``model`` with each quantized layer swapped for its export twin, restored on exit.
 
-    Swapping in place (not on a deep copy): prepacked oneDNN weights cannot be copied.
+    Swapping in place (not on a deep copy): prepacked oneDNN weights cannot be copied. A bare
+    quantized layer (the model *is* the layer) has no parent to swap it in: its twin is exported
+    instead, under the root's name ``""``, and the layer itself is left untouched.
     """
+    if isinstance(model, QuantModule):
+        twin, how = export_twin(model)
+        yield twin.eval(), {"": how}
+        return
     swapped, layers = [], {}
     was_training = model.training
     try:
