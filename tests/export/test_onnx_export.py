@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -183,7 +184,10 @@ def test_dynamic_linear_is_exact_lowbit_arithmetic(tmp_path):
                                          ("NF4", 8)])  # fmt: skip
 def test_weight_only_linear_uses_matmulnbits(tmp_path, scheme, bits):
     calib = _batches((8, 256))
-    q, exp = _export(MLP(), tmp_path, scheme, calib)
+    widened = scheme == "NF4"  # no 4-bit form: 8-bit codes, named with a warning
+    with pytest.warns(UserWarning, match="keep 8-bit codes") if widened else nullcontext():
+        q, exp = _export(MLP(), tmp_path, scheme, calib)
+    assert set(exp.widened_layers) == ({"fc1", "fc2"} if widened else set())
     x = _batches((16, 256), n=1, seed=3)[0]
     out, ops = _run(exp.path, x)
     with torch.no_grad():
