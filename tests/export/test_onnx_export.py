@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -107,12 +108,17 @@ def test_static_cnn_runs_on_integer_kernels_and_matches_lowbit(tmp_path):
     assert all(v.startswith("QDQ") for v in exp.layers.values())
 
 
-def test_resnet_like_graph_stays_on_integer_codes_end_to_end(tmp_path):
+@pytest.mark.parametrize("quantize_outputs", [False, True])
+def test_resnet_like_graph_stays_on_integer_codes_end_to_end(tmp_path, quantize_outputs):
     """One grid per tensor: ONNX Runtime removes every dequantize/quantize pair between layers,
-    so only the input's QuantizeLinear and the logits' DequantizeLinear remain."""
+    so only the input's QuantizeLinear remains, and the logits' DequantizeLinear where they are
+    quantized (``quantize_outputs``); otherwise ``QGemm`` writes float logits and their bias is
+    added after it."""
     torch.manual_seed(0)
     calib = _batches((16, 3, 16, 16))
-    q, exp = _export(ResNetLike(), tmp_path, "W8A8", calib)
+    q = lowbit.quantize(ResNetLike().eval(), "W8A8", calibration=calib)
+    exp = export_onnx(q, tmp_path / "m.onnx", calib[0], calibration=calib,
+                      quantize_outputs=quantize_outputs)  # fmt: skip
     x = _batches((32, 3, 16, 16), n=1, seed=5)[0]
     out, ops = _run(exp.path, x)
     with torch.no_grad():
@@ -121,9 +127,11 @@ def test_resnet_like_graph_stays_on_integer_codes_end_to_end(tmp_path):
     kinds = collections.Counter(op for v in ops.values() for op in v)
     assert kinds["QLinearConv"] == 6 and kinds["QGemm"] == 1, ops
     sess_graph = _optimized_ops(exp.path)
-    assert sess_graph["QuantizeLinear"] == 1 and sess_graph["DequantizeLinear"] == 1, sess_graph
+    assert sess_graph["QuantizeLinear"] == 1, sess_graph
+    assert sess_graph["DequantizeLinear"] == int(quantize_outputs), sess_graph
+    assert sess_graph["Add"] == int(not quantize_outputs), sess_graph  # the float logits' bias
     assert sess_graph["QLinearAdd"] == 2 and sess_graph["QLinearGlobalAveragePool"] == 1
-    assert not {"Conv", "Gemm", "MatMul", "Add"} & set(sess_graph), sess_graph
+    assert not {"Conv", "Gemm", "MatMul"} & set(sess_graph), sess_graph
 
 
 def _optimized_ops(path) -> collections.Counter:
@@ -176,7 +184,10 @@ def test_dynamic_linear_is_exact_lowbit_arithmetic(tmp_path):
                                          ("NF4", 8)])  # fmt: skip
 def test_weight_only_linear_uses_matmulnbits(tmp_path, scheme, bits):
     calib = _batches((8, 256))
-    q, exp = _export(MLP(), tmp_path, scheme, calib)
+    widened = scheme == "NF4"  # no 4-bit form: 8-bit codes, named with a warning
+    with pytest.warns(UserWarning, match="keep 8-bit codes") if widened else nullcontext():
+        q, exp = _export(MLP(), tmp_path, scheme, calib)
+    assert set(exp.widened_layers) == ({"fc1", "fc2"} if widened else set())
     x = _batches((16, 256), n=1, seed=3)[0]
     out, ops = _run(exp.path, x)
     with torch.no_grad():

@@ -8,6 +8,8 @@ traced graph has the right shapes and dtypes); its ``symbolic`` emits the operat
   ``DequantizeLinear`` weight and the ``MatMul``/``Conv`` into integer kernels
   (``MatMulIntegerToFloat``, ``QLinearConv`` when the output is quantized too).
 * :class:`DequantizeWeight`: int8 codes with one scale per channel, ``w = q * s[axis]``.
+* :class:`DequantizeCodes`: unsigned codes with a zero point and a scale per channel,
+  ``w = (q - z[axis]) * s[axis]`` (uint8 here; :mod:`lowbit.export.int4` stores them as uint4).
 * :class:`DynamicMatMul`: per-token (or per-tensor) symmetric int8 activations computed at run
   time, ``s_m = max|x_m| / 127``, ``q = round(x / s_m)``, then ``MatMulInteger`` (int8 x int8 →
   int32) and ``y = acc * s_m * s_w``: lowbit's dynamic kernel, op for op.
@@ -25,6 +27,7 @@ from torch.onnx import TensorProtoDataType as _DType
 __all__ = [
     "QDQ",
     "DequantizeWeight",
+    "DequantizeCodes",
     "DynamicMatMul",
     "DynamicConv",
     "MatMulNBits",
@@ -65,6 +68,20 @@ class DequantizeWeight(torch.autograd.Function):
         n = q.type().sizes()[axis]
         zero = _const(g, torch.zeros(n, dtype=torch.int8))
         return g.op("DequantizeLinear", q, scale, zero, axis_i=axis)
+
+
+class DequantizeCodes(torch.autograd.Function):
+    """``DequantizeLinear(q, s, z, axis)`` on uint8 codes with a uint8 zero point per channel."""
+
+    @staticmethod
+    def forward(ctx, q, scale, zero_point, axis: int):
+        shape = [1] * q.dim()
+        shape[axis] = -1
+        return (q.float() - zero_point.float().reshape(shape)) * scale.reshape(shape)
+
+    @staticmethod
+    def symbolic(g, q, scale, zero_point, axis):
+        return g.op("DequantizeLinear", q, scale, zero_point, axis_i=axis)
 
 
 class DynamicMatMul(torch.autograd.Function):

@@ -13,6 +13,15 @@ graph on calibration batches. The same holds for an ``Add`` whose two inputs are
 
 This adds one rounding that lowbit's PyTorch runtime does not have (its convs write float
 outputs); the export's parity with lowbit's model is measured in the tests and the benchmark.
+
+Graph outputs are left in float: a tensor that reaches a graph output directly or through
+data-movement ops, pools and adds is never quantized, since a grid calibrated on sample inputs
+would clamp a regression head, an embedding or any input beyond the calibration range to at most
+256 values. ``quantize_outputs=True`` lifts this for ``Gemm`` outputs only (a classifier's
+logits: ONNX Runtime then runs the last layer as ``QGemm`` with uint8 output, and out-of-range
+logits clamp). Calibrated grids inside the graph (a residual branch before its add) clamp as
+well, as in ONNX Runtime's own ``quantize_static``: on inputs far beyond the calibration range
+the export departs from lowbit's model there (``requantize_conv_outputs=False`` avoids it).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+
+from lowbit.export.float_gemm import float_gemm_biases_out
 
 __all__ = ["requantize_conv_outputs"]
 
@@ -47,6 +58,26 @@ def _downstream_quantizers(start: str, consumers) -> list:
     return found
 
 
+def _output_sources(graph, producers) -> set[str]:
+    """Graph outputs and the tensors they are computed from through ops this pass may put on a
+    grid (data movement, pools, adds).
+
+    Quantizing any of these on a calibrated grid would clamp a model output: with
+    ``conv → ReLU → GlobalAveragePool → Flatten`` as the output, a grid on the ReLU output
+    clamps the averages; with ``relu(x + conv(x))``, one on the conv output clamps the sum.
+    """
+    through = _PASS_THROUGH | _POOLS | {"Add"}
+    found, tensors = set(), [o.name for o in graph.output]
+    while tensors:
+        t = tensors.pop()
+        found.add(t)
+        node = producers.get(t)
+        if node is not None and node.op_type in through:
+            inputs = node.input if node.op_type == "Add" else node.input[:1]
+            tensors.extend(i for i in inputs if i not in found)
+    return found
+
+
 def _is_target(node, producers, on_grid) -> bool:
     """Whether ONNX Runtime has an integer kernel for ``node`` once its output is quantized."""
     if node.op_type in ("Conv", "Gemm"):
@@ -56,7 +87,7 @@ def _is_target(node, producers, on_grid) -> bool:
     return node.op_type in _POOLS and node.input[0] in on_grid
 
 
-def _targets(graph):
+def _targets(graph, quantize_outputs: bool = False):
     """Tensors to quantize: outputs of static QDQ convs and 2-D matmuls (``Gemm``), of ``Add``
     nodes whose two inputs are already on integer grids (residual connections) and of average
     pools of such tensors, each after a directly following ReLU.
@@ -68,13 +99,16 @@ def _targets(graph):
     onto that same grid. One grid per tensor is what lets ONNX Runtime drop the
     ``DequantizeLinear → QuantizeLinear`` pairs between integer kernels; the consumers' grids were
     calibrated on the same tensor, so they differ little if at all.
+
+    Tensors that are (copies of) graph outputs are skipped, except ``Gemm`` outputs when
+    ``quantize_outputs`` (a classifier's logits as ``QGemm`` output).
     """
     producers = {o: n for n in graph.node for o in n.output}
     consumers = defaultdict(list)
     for n in graph.node:
         for i in n.input:
             consumers[i].append(n)
-    outputs = {o.name for o in graph.output}
+    outputs = _output_sources(graph, producers)
     # tensors on an integer grid -> (scale, zero point) names, where the grid is known
     on_grid = {n.output[0]: tuple(n.input[1:3]) for n in graph.node
                if n.op_type == "DequantizeLinear"}  # fmt: skip
@@ -96,8 +130,8 @@ def _targets(graph):
         users = consumers.get(tensor, [])
         if len(users) == 1 and users[0].op_type == "Relu":
             tensor = users[0].output[0]  # ReLU + Q fold into QLinearConv (zero point 0)
-        if tensor in outputs and node.op_type != "Gemm":
-            continue  # a quantized model output only pays off for a classifier's last Gemm
+        if tensor in outputs and not (quantize_outputs and node.op_type == "Gemm"):
+            continue  # a calibrated grid would clamp the model's output
         quantizers = _downstream_quantizers(tensor, consumers)
         if not quantizers:
             calibrate[tensor] = node.name
@@ -159,21 +193,34 @@ def _qparams(lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     return np.array(scale, dtype=np.float32), np.array(zp, dtype=np.uint8)
 
 
-def requantize_conv_outputs(path: str, feeds: list[dict]) -> list[str]:
+def requantize_conv_outputs(
+    path: str, feeds: list[dict], quantize_outputs: bool = False
+) -> list[str]:
     """Insert calibrated output Q/DQ pairs for static convs in the ONNX file at ``path``.
 
-    Returns the node names (``/features.0/Conv``...) whose outputs were quantized.
+    ``quantize_outputs``: also quantize a ``Gemm`` output that is a graph output (classifiers
+    only, see the module docstring). QDQ ``Gemm`` nodes whose output stays float then get
+    their bias as a separate ``Add`` (:func:`~lowbit.export.float_gemm.float_gemm_biases_out`). Returns the node names
+    (``/features.0/Conv``...) whose outputs were quantized.
     """
     import onnx
-    from onnx import helper, numpy_helper
 
     model = onnx.load(path)
-    graph = model.graph
-    calibrate, reuse, unify = _targets(graph)
-    if not (calibrate or reuse or unify):
-        return []
-    ranges = _ranges(model, list(calibrate), feeds) if calibrate else {}
-    _unify(graph, unify)
+    calibrate, reuse, unify = _targets(model.graph, quantize_outputs)
+    if calibrate or reuse or unify:
+        ranges = _ranges(model, list(calibrate), feeds) if calibrate else {}
+        _unify(model.graph, unify)
+        _insert_qdq(model.graph, calibrate, reuse, ranges)
+    moved = float_gemm_biases_out(model.graph)
+    if calibrate or reuse or unify or moved:
+        onnx.save(_toposorted(model), path)
+    return sorted({*calibrate.values(), *(v[2] for v in reuse.values())})
+
+
+def _insert_qdq(graph, calibrate: dict, reuse: dict, ranges: dict) -> None:
+    """A ``QuantizeLinear → DequantizeLinear`` pair after each tensor to calibrate or reuse."""
+    from onnx import helper, numpy_helper
+
     users = defaultdict(list)
     for n in graph.node:
         for k, i in enumerate(n.input):
@@ -199,8 +246,6 @@ def requantize_conv_outputs(path: str, feeds: list[dict]) -> list[str]:
             helper.make_node("QuantizeLinear", [src, s_name, z_name], [q_name]),
             helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [d_name]),
         ])  # fmt: skip
-    onnx.save(_toposorted(model), path)
-    return sorted({*calibrate.values(), *(v[2] for v in reuse.values())})
 
 
 def _toposorted(model):
