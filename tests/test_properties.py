@@ -259,8 +259,9 @@ def test_scales_zero_points_and_codes_are_in_range(fmt: str, data) -> None:
 # -- (iv) fixed point -----------------------------------------------------------------------------
 # Requantizing the dequantized weight with *its own* parameters gives it back exactly, for every
 # case. Re-fitting the parameters to it (quantize_weight again) is a fixed point too, except for
-# two known families, each pinned below by one failing weight per format (strict xfail: fix the
-# code, the example passes, and the format leaves REFIT_MOVES):
+# asymmetric uniform formats (two causes) and per-group codebooks, pinned below by one failing
+# weight per format (strict xfail: fix the code, the example passes, the format leaves
+# REFIT_MOVES):
 BF16_REFIT = (
     "asymmetric min/max refit below 8 bits is not idempotent: the bf16 scale is rounded up, so "
     "the dequantized weight spans fewer than qmax - qmin steps and refits to a smaller scale"
