@@ -98,7 +98,9 @@ def test_static_cnn_runs_on_integer_kernels_and_matches_lowbit(tmp_path):
     out, ops = _run(exp.path, x)
     with torch.no_grad():
         ref = q(x)
-    assert sqnr_db(ref, out) > 25  # one extra rounding per requantized conv output
+    # 35.1 dB measured: one extra rounding per requantized conv output (re-measure when the
+    # export's output quantization changes); a 1.1x weight scale gives 9.5, a 1.1x input scale 32.8
+    assert sqnr_db(ref, out) > 33
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
     kinds = collections.Counter(op for v in ops.values() for op in v)
     assert kinds["QLinearConv"] == 3, ops  # every conv, the residual block's included
@@ -123,7 +125,9 @@ def test_resnet_like_graph_stays_on_integer_codes_end_to_end(tmp_path, quantize_
     out, ops = _run(exp.path, x)
     with torch.no_grad():
         ref = q(x)
-    assert sqnr_db(ref, out) > 25
+    # 47.0 dB measured (re-measure when the export's output quantization changes); a 1.1x
+    # weight scale gives 25.0, a 2x coarser requantization grid for the conv outputs 41.7
+    assert sqnr_db(ref, out) > 44
     kinds = collections.Counter(op for v in ops.values() for op in v)
     assert kinds["QLinearConv"] == 6 and kinds["QGemm"] == 1, ops
     sess_graph = _optimized_ops(exp.path)

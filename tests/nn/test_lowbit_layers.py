@@ -18,18 +18,29 @@ from lowbit.formats import get_format
 from lowbit.measure import sqnr_db
 from lowbit.nn import QuantConv, QuantEmbedding, QuantLinear
 
-# preset -> (kernel substring, SQNR floor against float for a random 256->64 layer)
+# preset -> (kernel substring, SQNR floor against float for a random 256->64 layer, seed 0):
+# about 1 dB under the value measured (in the comment); binary 0.3 dB under it, since sign *
+# mean|w| on uniform init weights gives only 10 log10(4) = 6.02 dB and 1.25x its scale 5.70
 WEIGHT_ONLY = {
-    "W4A16": ("int4pack", 14),
-    "W4A16-g128": ("int4pack", 16),
-    "W3A16-g128": ("int4pack", 10),
-    "W2A16-g64": ("int4pack", 4),
-    "NF4": ("int8pack", 16),
-    "POT4": ("int8pack", 8),
-    "KMEANS16": ("int8pack", 14),
-    "KMEANS4": ("int8pack", 5),
-    "TERNARY": ("int8pack", 3),
-    "BINARY": ("int8pack", 1),
+    "W4A16": ("int4pack", 23.4),  # 24.38
+    "W4A16-g128": ("int4pack", 23.4),  # 24.43
+    "W3A16-g128": ("int4pack", 16.4),  # 17.37
+    "W2A16-g64": ("int4pack", 9.3),  # 10.34
+    "NF4": ("int8pack", 20.2),  # 21.21
+    "POT4": ("int8pack", 14.3),  # 15.31
+    "KMEANS16": ("int8pack", 24.1),  # 25.12
+    "KMEANS4": ("int8pack", 11.0),  # 12.02
+    "TERNARY": ("int8pack", 8.5),  # 9.51
+    "BINARY": ("int8pack", 5.75),  # 6.08
+}
+# the conv test's floors (Conv1d / Conv2d 64->32, k3, measured 1-D / 2-D): binary at 1.25x or
+# 0.8x its scale gives 5.2-5.6 dB
+CONV_FLOOR = {
+    "NF4": 19.6,  # 20.87 / 20.65
+    "KMEANS16": 22.8,  # 24.00 / 23.84
+    "W4A16": 22.3,  # 23.51 / 23.34
+    "BINARY": 5.75,  # 6.15 / 5.97
+    "W4A8": 21.6,  # 22.60 / 22.60
 }
 
 
@@ -102,7 +113,7 @@ def test_w4a8_runs_4_bit_codes_on_the_int8_gemm(linear, preset) -> None:
 
 
 @pytest.mark.parametrize("dims", [1, 2])
-@pytest.mark.parametrize("preset", ["NF4", "KMEANS16", "W4A16", "BINARY", "W4A8"])
+@pytest.mark.parametrize("preset", sorted(CONV_FLOOR))
 def test_conv_layers_take_low_bit_weights(dims, preset) -> None:
     torch.manual_seed(0)
     conv = (nn.Conv1d if dims == 1 else nn.Conv2d)(64, 32, 3, padding=1)  # rows of 192 / 576
@@ -114,8 +125,7 @@ def test_conv_layers_take_low_bit_weights(dims, preset) -> None:
     y = q(x)
     w = q.dequantized_weight()
     ref = (nn.functional.conv1d if dims == 1 else nn.functional.conv2d)(x, w, q.bias, padding=1)
-    floor = 1 if preset == "BINARY" else 12
-    assert sqnr_db(conv(x), y) > floor
+    assert sqnr_db(conv(x), y) > CONV_FLOOR[preset]
     if preset != "W4A8":  # weight-only: bf16 conv of the dequantized weight
         assert sqnr_db(ref, y) > 35
 
