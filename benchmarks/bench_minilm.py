@@ -72,7 +72,8 @@ def run(n_eval=320, n_calib=128, min_time_s=5.0, schemes=SCHEMES, compile_=False
             f32, q32 = time_pair(lambda: model(**b32), lambda m=qm: m(**b32), min_time_s, rounds=5)
         with tempfile.TemporaryDirectory() as tmp:
             path = lowbit.save(getattr(qm, "_orig_mod", qm), tmp)
-            size, bits = artifact_size(path), bits_per_weight(path)
+            quantized = layers_left_float(qm) != "all"  # float32 + torch.compile is not
+            size, bits = artifact_size(path), bits_per_weight(path) if quantized else 32.0
         rows.append({
             "variant": name, "layers left float": layers_left_float(qm),
             "cos mean": f"{cos.mean():.4f}", "cos min": f"{cos.min():.4f}",
