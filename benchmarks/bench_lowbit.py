@@ -16,6 +16,7 @@ from benchmarks import bench_minilm
 from benchmarks.common import machine
 from lowbit.demo import DEMO_SCHEMES, run_demo
 from lowbit.measure import format_table
+from lowbit.presets import PRESETS
 
 COLUMNS = ["scheme", "bits/w", "layers left float (digits / mnist1d / MiniLM)", "digits acc %",
            "mnist1d acc %", "MiniLM cos mean", "MiniLM cos min", "MiniLM b1 speed-up",
@@ -23,6 +24,7 @@ COLUMNS = ["scheme", "bits/w", "layers left float (digits / mnist1d / MiniLM)", 
 
 
 def run(schemes=DEMO_SCHEMES, min_time_s=2.0):
+    schemes = tuple(s for s in schemes if s in PRESETS)  # presets only: no "+algorithm", no auto
     demo = {(r["task"], r["variant"]): r for r in run_demo(schemes=schemes)}
     minilm, _, _ = bench_minilm.run(schemes=schemes, min_time_s=min_time_s)
     rows = []
