@@ -95,7 +95,8 @@ class Report:
              acc, "Through the user's evaluate function; change = variant − float32; a variant "
              "with 0 layers quantized is the float model (every layer fell back, see the log)."),
             ("Latency", list(lat[0]), lat,
-             "Medians of repeated runs, float32 timed in the same run; speed-up = float / variant."),
+             "Medians of repeated runs; float32 and every variant timed in interleaved rounds of one "
+             "run; speed-up = float / variant."),
             ("Kernels run at each batch size", list(kernels[0]), kernels,
              "Quantized layers per kernel in one untimed call: integer-weight kernels first, then "
              "float-compute paths (dequantize + float GEMM/conv, reference fallbacks, 16-bit "
