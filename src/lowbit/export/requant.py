@@ -59,22 +59,23 @@ def _downstream_quantizers(start: str, consumers) -> list:
 
 
 def _output_sources(graph, producers) -> set[str]:
-    """Graph outputs and the tensors they are computed from through ops this pass may put on a
-    grid (data movement, pools, adds).
+    """Tensors from which a graph output is reachable without passing a ``QuantizeLinear``.
 
-    Quantizing any of these on a calibrated grid would clamp a model output: with
-    ``conv → ReLU → GlobalAveragePool → Flatten`` as the output, a grid on the ReLU output
-    clamps the averages; with ``relu(x + conv(x))``, one on the conv output clamps the sum.
+    Quantizing any of these on a calibrated grid would clamp a model output where lowbit's
+    PyTorch model does not: with ``conv → ReLU → GlobalAveragePool → Flatten`` as the output, a
+    grid on the ReLU output clamps the averages; with ``cat([conv_a(x), conv_b(x)])`` or
+    ``relu(x + conv(x))``, one on a conv output clamps the result. A path that meets a
+    ``QuantizeLinear`` first is clamped there anyway, by lowbit's model too (the next layer's
+    input grid), so the walk back from the outputs stops at those; every other op is followed
+    through all its inputs, whatever it computes.
     """
-    through = _PASS_THROUGH | _POOLS | {"Add"}
     found, tensors = set(), [o.name for o in graph.output]
     while tensors:
         t = tensors.pop()
         found.add(t)
         node = producers.get(t)
-        if node is not None and node.op_type in through:
-            inputs = node.input if node.op_type == "Add" else node.input[:1]
-            tensors.extend(i for i in inputs if i not in found)
+        if node is not None and node.op_type != "QuantizeLinear":
+            tensors.extend(i for i in node.input if i and i not in found)
     return found
 
 
