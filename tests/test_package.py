@@ -51,3 +51,10 @@ def test_no_public_name_shadows_a_submodule() -> None:
         assert name not in modules or type(value).__name__ == "module", name
     assert lowbit.reporting.Report is lowbit.Report
     assert lowbit.pipeline.quantize is lowbit.quantize
+
+
+def test_a_star_import_leaves_torch_nn_alone() -> None:
+    """``from lowbit import *`` must not bind ``nn`` (lowbit.nn) over ``torch.nn`` (review)."""
+    scope: dict = {}
+    exec("from torch import nn\nfrom lowbit import *", scope)
+    assert scope["nn"] is __import__("torch").nn

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 # the subpackages users call as ``lowbit.qat.prepare(...)`` after a bare ``import lowbit``
-from lowbit import algorithms, kernels, measure, nn, qat, transforms
+from lowbit import algorithms, kernels, measure, nn, qat, transforms  # noqa: F401
 from lowbit.analysis import allocate, analyze
 from lowbit.config import QuantConfig, QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.deploy import BenchResult, SlowdownWarning, bench
@@ -70,11 +70,4 @@ __all__ = [
     "NothingQuantizedWarning",
     "UnsupportedDeviceError",
     "__version__",
-    # subpackages
-    "algorithms",
-    "kernels",
-    "measure",
-    "nn",
-    "qat",
-    "transforms",
-]
+]  # the subpackages stay out: ``from lowbit import *`` must not replace ``torch.nn``

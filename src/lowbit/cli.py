@@ -105,11 +105,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "Post-training quantization: round to nearest unless a variant names an algorithm "
         "(PRESET+algorithm); the 'auto' row is lowbit.auto's mixed-precision choice within 1 "
-        "point of float (selected on the first half of the test set, 60 s budget). Sizes are "
-        "artifact bytes on disk; bits/weight counts codes, scales, zero points and codebooks of "
-        "the quantized layers; 'float layers' are layers a scheme could not take (e.g. a group "
-        "size that does not divide them). Latencies are medians for one batch of 256 test "
-        "inputs, timed in this run against the float32 model."
+        "point of float (chosen on a validation split held out of training, 60 s budget; "
+        "accuracies are on the test set). Sizes are artifact bytes on disk; bits/weight counts "
+        "codes, scales, zero points and codebooks of the quantized layers; 'layers left float' "
+        "(k of n) are layers a scheme could not take (e.g. a group size that does not divide "
+        "them). Latencies are medians for one batch of 256 test inputs, float32 and every "
+        "variant timed in interleaved rounds of this run."
     )
     if args.out:
         from lowbit.reporting.cli import write_report

@@ -137,9 +137,10 @@ def _check_model(model: Any) -> None:
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         if tensor.device.type != "cpu":
             raise UnsupportedDeviceError(
-                f"parameter {name!r} is on device {str(tensor.device)!r}: {CPU_ONLY}. Call "
-                "model.cpu() before lowbit.quantize (a model on 'meta' has no weights yet: "
-                "load them first, e.g. load_state_dict(..., assign=True))"
+                f"tensor {name!r} is on device {str(tensor.device)!r}: {CPU_ONLY}. Move the "
+                "model with model.cpu() first"
+                + (" (a model on 'meta' has no weights yet: load them first, e.g. "
+                   "load_state_dict(..., assign=True))" if tensor.device.type == "meta" else "")
             )
         bad = int((~torch.isfinite(tensor.detach())).sum()) if tensor.is_floating_point() else 0
         if bad:

@@ -85,7 +85,8 @@ def test_float_compute_layers_are_named_per_batch_with_their_kernel(monkeypatch)
     assert res.kernels[cell("W4A16", "torch", 1)].startswith("1 int4 _weight_int4pack_mm, ")
     slow = [str(w.message) for w in caught if issubclass(w.category, SlowdownWarning)]
     at_many = next(m for m in slow if f"at batch {rows} " in m)
-    assert f"0 ({dequant} at {rows} rows)" in at_many and "No layer fell back" not in at_many
+    assert f"0 ({dequant} at {rows} rows)" in at_many and "Layers computing in float there" in at_many
+    assert "Every quantized layer ran on an integer kernel" not in at_many
     table = res.to_markdown()
     assert "| kernels" in table and f"2 {dequant} ({rows} rows)" in table
 

@@ -143,7 +143,8 @@ def _linear(mod: QuantLinear, int8_kernels: bool) -> ExportTwin:
     twin = _Linear(mod, "static", qweight_t=q_t, w_scale=w_scale, x_scale=xq[0],
                    x_zero_point=xq[1])  # fmt: skip
     why = (f"kept for ONNX Runtime's int8 kernels ({CHOSEN})" if int8_kernels
-           else "no MatMulNBits layout (in_features not a multiple of 16)")  # fmt: skip
+           else "no MatMulNBits layout (in_features not a multiple of 16)"
+           if mod.in_features % 16 else why_not_4bit(mod))  # fmt: skip
     return ExportTwin(twin, "QDQ MatMul (uint8 x int8)", widened_note(mod, "QDQ weights", why))
 
 
