@@ -48,7 +48,7 @@ def main() -> None:
             path = lowbit.save(q, Path(tmp) / scheme)
             rec = q.lowbit_record
             rows.append({"scheme": scheme, "quantized layers": len(rec.layers),
-                         "float layers": len(rec.skipped), "output SQNR dB": sqnr_db(ref, out),
+                         "layers left float": len(rec.skipped), "output SQNR dB": sqnr_db(ref, out),
                          "size KiB": sum(f.stat().st_size for f in path.iterdir()) / 1024})  # fmt: skip
             for name, why in rec.skipped.items():
                 print(f"{scheme}: {name} stays float: {why}")

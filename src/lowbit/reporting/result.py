@@ -80,7 +80,7 @@ class Report:
                   if all(r["layer_sqnr_db"].get(n) is not None for r in fours[1:])]  # fmt: skip
         four = [{"variant": r["variant"], "kind": _kind(r["variant"]), m: f"{r['metric']:.4f}",
                  "bits/weight": f"{r['bits_per_weight']:.2f}",
-                 "float layers": sum(v is None for v in r["layer_sqnr_db"].values()),
+                 "layers left float": sum(v is None for v in r["layer_sqnr_db"].values()),
                  "median layer SQNR dB": _median_sqnr(r, common)} for r in fours]  # fmt: skip
         trade = [{"variant": r["variant"], "compression": ratio(f["size_bytes"], r["size_bytes"]),
                   "change": f"{r['metric'] - f['metric']:+.4f}",
