@@ -28,23 +28,27 @@ import lowbit
 from benchmarks.common import machine
 from lowbit.analysis import allocate, analyze
 from lowbit.measure import cosine_similarity, format_table, layer_weight_bytes
-from lowbit.tasks import TASKS, train
+from lowbit.tasks import TASKS, hold_out, train
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 
 
 def cnn_problem(task_name: str, seed: int):
     task = TASKS[task_name]
-    split = task.load(seed=seed)
+    split, val = hold_out(task.load(seed=seed), task.validation, seed=seed)
     torch.manual_seed(seed)
     model = train(task.make_model(), split, task.epochs, seed=seed)
     calibration = list(split.x_train[:512].split(128))
 
-    def accuracy(m) -> float:
-        with torch.inference_mode():
-            return float((m(split.x_test).argmax(1) == split.y_test).float().mean())
+    def top1(x, y):
+        def accuracy(m) -> float:
+            with torch.inference_mode():
+                return float((m(x).argmax(1) == y).float().mean())
 
-    return model, calibration, accuracy
+        return accuracy
+
+    # auto chooses on the validation split held out of training; the test set reports
+    return model, calibration, top1(val.x_train, val.y_train), top1(split.x_test, split.y_test)
 
 
 def minilm_problem(n_eval: int = 256, n_calib: int = 128):
@@ -63,11 +67,11 @@ def minilm_problem(n_eval: int = 256, n_calib: int = 128):
             out = torch.cat([sentence_embeddings(m, b) for b in batches])
         return float(cosine_similarity(out, ref).mean())
 
-    return model, calibration, mean_cosine
+    return model, calibration, mean_cosine, None  # pretrained: no split to hold out
 
 
 def run_auto(name: str, problem, budget: float) -> dict:
-    model, calibration, evaluate = problem
+    model, calibration, evaluate, test = problem
     res = lowbit.auto(model, calibration, evaluate, max_drop=0.01, time_budget=budget)
     w8 = next(c for c in res.candidates if c.name == "uniform W8A16")
     FIGURES.mkdir(exist_ok=True)
@@ -83,6 +87,7 @@ def run_auto(name: str, problem, budget: float) -> dict:
         "W8A16 bits/weight": f"{w8.bits_per_weight:.2f}",
         "size vs W8A16": f"{res.chosen.size_bytes / w8.size_bytes:.2f}x",
         "W8A16 metric": f"{w8.metric:.4f}",
+        "test (float / chosen)": "" if test is None else f"{test(model):.4f} / {test(res.model):.4f}",
         "models tried": len(res.candidates),
         "seconds": f"{res.seconds:.0f}",
     }
@@ -90,7 +95,7 @@ def run_auto(name: str, problem, budget: float) -> dict:
 
 def equal_bits(problem, presets) -> dict[str, tuple[float, float, float, float]]:
     """``{preset: (bits, uniform metric, mixed bits, mixed metric)}`` for one trained model."""
-    model, calibration, evaluate = problem
+    model, calibration, evaluate, _test = problem
     report = analyze(model, calibration[:1], progress=False)
     n = sum(i.weights for i in report.layers.values())
     out = {}

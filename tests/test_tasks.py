@@ -35,3 +35,15 @@ def test_unknown_task_names_the_known_ones():
     with pytest.raises(ConfigError, match="known tasks: .*digits"):
         task_problem("imagenet")
     assert {"digits", "mnist1d"} <= set(task_names())
+
+
+def test_task_problems_hold_validation_out_of_training_and_test():
+    """``validate`` scores samples neither training nor the test set contains (issue 18)."""
+    from lowbit.tasks import TASKS, hold_out
+
+    split = TASKS["digits"].load(seed=0)
+    train_part, val = hold_out(split, TASKS["digits"].validation, seed=0)
+    rows = lambda x: {tuple(r.flatten().tolist()) for r in x}  # noqa: E731
+    assert len(val.x_train) == 200 and len(train_part.x_train) == len(split.x_train) - 200
+    assert not rows(val.x_train) & rows(train_part.x_train)
+    assert not rows(val.x_train) & rows(split.x_test)

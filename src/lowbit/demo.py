@@ -38,7 +38,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUTO = "auto (<=1 pt drop)"
-VALIDATION = {"digits": 200, "mnist1d": 500}  # training samples held out for lowbit.auto
 
 # 16 down to 1 bit: casts, int8, uniform 4/3/2-bit, non-uniform grids, codebooks, ternary, binary;
 # then PTQ algorithms on top of the low-bit presets.
@@ -63,7 +62,7 @@ def run_task(
 ) -> list[dict[str, object]]:
     """Train one task's model, quantize it with every scheme and measure; one row per variant."""
     task = TASKS[task_name]
-    split, val = hold_out(task.load(seed=seed), VALIDATION[task_name], seed=seed)
+    split, val = hold_out(task.load(seed=seed), task.validation, seed=seed)
     torch.manual_seed(seed)  # the initial weights too: the demo's numbers are reproducible
     model = train(task.make_model(), split, epochs=epochs or task.epochs, seed=seed)
     calibration = list(split.x_train[:512].split(64))

@@ -185,11 +185,12 @@ class Task:
     make_model: Callable[[], nn.Module]
     load: Callable[..., Split]
     epochs: int
+    validation: int  # training samples held out for choices made on data (lowbit.auto)
 
 
 TASKS = {
-    "digits": Task("digits", DigitsCNN, load_digits_split, epochs=12),
-    "mnist1d": Task("mnist1d", MNIST1DCNN, load_mnist1d_split, epochs=20),
+    "digits": Task("digits", DigitsCNN, load_digits_split, epochs=12, validation=200),
+    "mnist1d": Task("mnist1d", MNIST1DCNN, load_mnist1d_split, epochs=20, validation=500),
 }
 
 
@@ -197,7 +198,9 @@ TASKS = {
 class Problem:
     """A trained demo model with what the measuring tools need: calibration batches, an
     ``evaluate(model) -> float`` (higher is better, named by ``metric_name``), classification
-    training batches (None for tasks whose loss is not cross-entropy) and the data split."""
+    training batches (None for tasks whose loss is not cross-entropy) and the data split.
+    ``validate`` (when the task has a validation split held out of training) is what choices
+    such as ``lowbit.auto``'s are made on, so that ``evaluate``'s test set stays unseen."""
 
     model: nn.Module
     calibration: list[torch.Tensor]
@@ -206,6 +209,7 @@ class Problem:
     split: Split | None
     metric_name: str = "top-1"
     description: str = "CNN"
+    validate: Callable[[nn.Module], float] | None = None
 
 
 # application tasks beyond the two demo classifiers: name -> "module:function" returning a
@@ -242,18 +246,27 @@ def task_problem(name: str, seed: int = 0, batch: int = 128) -> Problem:
 
         raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}")
     task = TASKS[name]
-    split = task.load(seed=seed)
+    split, val = hold_out(task.load(seed=seed), task.validation, seed=seed)
     torch.manual_seed(seed)
-    return classification_problem(train(task.make_model(), split, task.epochs, seed=seed), split,
-                                  batch)  # fmt: skip
+    model = train(task.make_model(), split, task.epochs, seed=seed)
+    return classification_problem(model, split, batch, validation=val)
 
 
 def classification_problem(
-    model: nn.Module, split: Split, batch: int = 128, description: str = "CNN"
+    model: nn.Module,
+    split: Split,
+    batch: int = 128,
+    description: str = "CNN",
+    validation: Split | None = None,
 ) -> Problem:
     """A trained classifier as a :class:`Problem`: 4 calibration batches of ``batch`` training
-    samples, test top-1, and training batches of 64 for the report's QAT row."""
+    samples, test top-1, and training batches of 64 for the report's QAT row; with
+    ``validation`` (a :func:`hold_out` split), ``validate`` is top-1 on its held-out samples."""
     from lowbit.measure.accuracy import top1_accuracy
+
+    validate = None
+    if validation is not None:
+        validate = lambda m: top1_accuracy(m, validation.x_train, validation.y_train)  # noqa: E731
 
     return Problem(
         model=model,
@@ -262,4 +275,5 @@ def classification_problem(
         train_batches=list(zip(split.x_train.split(64), split.y_train.split(64), strict=True)),
         split=split,
         description=description,
+        validate=validate,
     )

@@ -72,6 +72,8 @@ def test_auto_command_on_a_demo_task(tmp_path, capsys):
     search = json.loads((tmp_path / "auto.json").read_text())
     chosen = next(c for c in search["candidates"] if c["name"] == search["chosen"])
     assert chosen["meets"] and chosen["bits_per_weight"] < 8
+    # chosen on the validation split held out of training (issue 18), reported on the test set
+    assert "chosen on the validation split; on the test set: " in capsys.readouterr().out
 
 
 def test_auto_command_reports_bad_input_clearly(project, capsys):

@@ -54,8 +54,10 @@ def cmd_auto(args: argparse.Namespace) -> int:
     if args.task:
         print(f"training the {args.task} demo model (seed {args.seed})...", flush=True)
         p = task_problem(args.task, args.seed, args.batch_size)
-        model, calibration, evaluate = p.model, p.calibration, p.evaluate
+        # choose on the validation split held out of training; the test set reports the choice
+        model, calibration, evaluate = p.model, p.calibration, p.validate or p.evaluate
     else:
+        p = None
         model, calibration, evaluate = user_problem(args)
     result = lowbit.auto(
         model,
@@ -85,4 +87,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         f"{result.chosen.bits_per_weight:.2f} bits/weight, {result.chosen.size_bytes:,} bytes; "
         f"{len(result.candidates)} models tried in {result.seconds:.0f} s. Wrote {out}/"
     )
+    if p is not None and p.validate is not None:
+        print(f"chosen on the validation split; on the test set: {p.evaluate(result.model):.4f} "
+              f"(float {p.evaluate(model):.4f})")  # fmt: skip
     return 0
