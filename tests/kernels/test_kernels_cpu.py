@@ -249,3 +249,18 @@ def test_conv_layers_never_use_a_saturating_int8_conv():
     x = torch.rand(2, 16, 6, 6) * 10
     y = conv(x)
     assert float((q(x) - y).pow(2).sum() / y.pow(2).sum()) < 1e-3
+
+
+def test_a_compiled_int8_model_has_no_graph_break() -> None:
+    """The machine probes (``has_vnni``...) are compile-time constants: torch.compile traced
+    ``has_vnni``'s /proc/cpuinfo read on every int8 matmul and broke the graph there."""
+    import torch._dynamo
+
+    import lowbit
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+    q = lowbit.quantize(model.eval(), "W8A8-dynamic")
+    with torch.no_grad():
+        explained = torch._dynamo.explain(q)(torch.randn(3, 64))
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -47,6 +47,7 @@ __all__ = [
 
 
 @functools.cache
+@torch.compiler.assume_constant_result
 def has_int_mm() -> bool:
     """True when ``torch._int_mm`` runs on this CPU build (checked once with a tiny call)."""
     try:
@@ -57,6 +58,7 @@ def has_int_mm() -> bool:
 
 
 @functools.cache
+@torch.compiler.assume_constant_result
 def has_onednn_qconv() -> bool:
     """True when oneDNN's int8 convolution operators are present in this torch build."""
     try:
@@ -67,6 +69,7 @@ def has_onednn_qconv() -> bool:
 
 
 @functools.cache
+@torch.compiler.assume_constant_result
 def onednn_qconv_exact() -> bool:
     """True when oneDNN's int8 convolution computes exact int32 sums on this CPU.
 
@@ -88,6 +91,7 @@ def onednn_qconv_exact() -> bool:
 
 
 @functools.cache
+@torch.compiler.assume_constant_result
 def native_bf16() -> bool:
     """True when this CPU computes bf16 GEMMs and convs natively (AVX-512 BF16/AMX, or oneDNN's
     fast AVX-512 emulation). Without it (AVX2-only CPUs) a bf16 GEMM is emulated and measured
@@ -164,7 +168,10 @@ _ONE = torch.ones(1, 1)
 _ZERO = torch.zeros(1)
 
 
+# Machine probes are constants of the process: torch.compile would otherwise trace their bodies
+# (it skips functools.cache) and break the graph at the /proc/cpuinfo read on every call.
 @functools.cache
+@torch.compiler.assume_constant_result
 def has_vnni() -> bool:
     """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), which
     ``torch._int_mm`` needs to be fast: without them it measured 30x slower than an fp32 GEMM
