@@ -175,24 +175,35 @@ def _previous_tensor_file(out: Path) -> Path | None:
     A save replaces that file and nothing else: a directory may also hold a user's own
     ``model.safetensors`` (a Hugging Face checkpoint, the source of ``quantize_lazy``), which
     must survive. A ``lowbit.json`` that is valid JSON but not lowbit's is refused, not
-    overwritten.
+    overwritten; one that is not JSON (a broken earlier save) is replaced, and no file removed.
     """
-    meta_path = out / META
-    if not meta_path.is_file():
+    meta = _meta_json(out)
+    if meta is None:
         return None
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None  # a broken earlier artifact: overwrite its metadata, remove no file
-    if not isinstance(meta, dict) or meta.get("format") != "lowbit":
+    if not _is_lowbit(meta):
         raise ArtifactError(
-            f"{meta_path} exists and is not lowbit metadata; refusing to overwrite it. "
+            f"{out / META} exists and is not lowbit metadata; refusing to overwrite it. "
             "Save the quantized model to another directory"
         )
-    if meta.get("format_version") == 1:
-        return out / TENSORS
-    name = meta.get("tensors_file")
-    return out / name if isinstance(name, str) and TENSOR_FILE_RE.fullmatch(name) else None
+    try:
+        return _tensor_path(out, meta)
+    except ArtifactError:  # a malformed entry names nothing this save may remove
+        return None
+
+
+def _meta_json(root: Path) -> Any:
+    """``root/lowbit.json`` parsed, without any check; None when absent, too large or not JSON."""
+    meta_path = root / META
+    if not meta_path.is_file() or meta_path.stat().st_size > _MAX_JSON_BYTES:
+        return None
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+
+
+def _is_lowbit(meta: Any) -> bool:
+    return isinstance(meta, dict) and meta.get("format") == "lowbit"
 
 
 def _without_timings(value: Any) -> Any:
@@ -255,7 +266,11 @@ def _unpack_low_bit_(tensors: dict[str, torch.Tensor], packed: dict[str, Any]) -
 def artifact_size(path: str | os.PathLike) -> int:
     """Bytes on disk of an artifact directory: its metadata and the tensor file it names (not
     other files a user keeps there)."""
-    return (Path(path) / META).stat().st_size + tensor_file(path).stat().st_size
+    root = Path(path)
+    meta = _meta_json(root)  # no hashing: a size needs only the names
+    if not _is_lowbit(meta):
+        raise ArtifactError(f"{root} is not a lowbit artifact (no readable {META})")
+    return (root / META).stat().st_size + _tensor_path(root, meta).stat().st_size
 
 
 def model_size(model: nn.Module) -> int:
@@ -266,7 +281,7 @@ def model_size(model: nn.Module) -> int:
 
 def _tensor_path(root: Path, meta: dict[str, Any]) -> Path:
     """The tensor file a metadata file names (format 1: the fixed name)."""
-    if meta["format_version"] == 1:
+    if meta.get("format_version") == 1:
         return root / TENSORS
     name = meta.get("tensors_file")
     if not isinstance(name, str) or not TENSOR_FILE_RE.fullmatch(name):
@@ -291,7 +306,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{meta_path} is corrupted (not valid JSON: {exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != "lowbit":
+    if not _is_lowbit(meta):
         raise ArtifactError(f"{meta_path} is not lowbit metadata")
     version = meta.get("format_version")
     if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
