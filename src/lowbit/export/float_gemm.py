@@ -12,10 +12,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-__all__ = ["float_gemm_biases_out"]
+__all__ = ["float_gemm_biases_out", "graph_index", "is_dq"]
 
 
-def _is_dq(producers, name: str) -> bool:
+def graph_index(graph) -> tuple[dict, dict]:
+    """``(producers, consumers)``: the node writing each tensor, the nodes reading it."""
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    return producers, consumers
+
+
+def is_dq(producers, name: str) -> bool:
+    """Whether tensor ``name`` is written by a ``DequantizeLinear``."""
     node = producers.get(name)
     return node is not None and node.op_type == "DequantizeLinear"
 
@@ -32,11 +43,7 @@ def float_gemm_biases_out(graph) -> int:
     """
     from onnx import helper  # optional dependency (lowbit[onnx])
 
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
+    producers, consumers = graph_index(graph)
     moved = 0
     for node in list(graph.node):
         if len(node.input) < 3 or not node.input[2] or not _is_plain_qdq_gemm(node, producers):
@@ -56,7 +63,7 @@ def float_gemm_biases_out(graph) -> int:
 def _is_plain_qdq_gemm(node, producers) -> bool:
     """A ``Gemm`` computing ``A @ B + C`` (no transposes, unit alpha and beta) on dequantized
     ``A`` and ``B``, as the export twins write it."""
-    if node.op_type != "Gemm" or not all(_is_dq(producers, i) for i in node.input[:2]):
+    if node.op_type != "Gemm" or not all(is_dq(producers, i) for i in node.input[:2]):
         return False
     from onnx import helper
 

@@ -30,7 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from lowbit.export.float_gemm import float_gemm_biases_out
+from lowbit.export.float_gemm import float_gemm_biases_out, graph_index, is_dq
 
 __all__ = ["requantize_conv_outputs"]
 
@@ -39,11 +39,6 @@ _PASS_THROUGH = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqu
 # ops ONNX Runtime runs on uint8 codes (QLinearAveragePool...) when their input and output are
 # quantized; their outputs are quantized too, so the graph stays on integer codes through them
 _POOLS = {"GlobalAveragePool", "AveragePool"}
-
-
-def _is_dq(producers, name: str) -> bool:
-    node = producers.get(name)
-    return node is not None and node.op_type == "DequantizeLinear"
 
 
 def _downstream_quantizers(start: str, consumers) -> list:
@@ -82,7 +77,7 @@ def _output_sources(graph, producers) -> set[str]:
 def _is_target(node, producers, on_grid) -> bool:
     """Whether ONNX Runtime has an integer kernel for ``node`` once its output is quantized."""
     if node.op_type in ("Conv", "Gemm"):
-        return all(_is_dq(producers, i) for i in node.input[:2])
+        return all(is_dq(producers, i) for i in node.input[:2])
     if node.op_type == "Add":
         return all(i in on_grid for i in node.input)
     return node.op_type in _POOLS and node.input[0] in on_grid
@@ -104,11 +99,7 @@ def _targets(graph, quantize_outputs: bool = False):
     Tensors that are (copies of) graph outputs are skipped, except ``Gemm`` outputs when
     ``quantize_outputs`` (a classifier's logits as ``QGemm`` output).
     """
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            consumers[i].append(n)
+    producers, consumers = graph_index(graph)
     outputs = _output_sources(graph, producers)
     # tensors on an integer grid -> (scale, zero point) names, where the grid is known
     on_grid = {n.output[0]: tuple(n.input[1:3]) for n in graph.node
@@ -151,10 +142,7 @@ def _targets(graph, quantize_outputs: bool = False):
 def _unify(graph, unify: dict[str, tuple[str, str]]) -> None:
     """Move each named ``QuantizeLinear``, and the ``DequantizeLinear`` nodes of its codes, onto
     the given grid."""
-    readers = defaultdict(list)
-    for n in graph.node:
-        for i in n.input:
-            readers[i].append(n)
+    _, readers = graph_index(graph)
     for q in graph.node:
         grid = unify.get(q.name or q.output[0]) if q.op_type == "QuantizeLinear" else None
         if grid is None:
