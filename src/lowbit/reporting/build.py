@@ -35,6 +35,7 @@ from lowbit.nn.kernel_calls import record_kernels
 from lowbit.ptq.capture import call_model, materialize
 from lowbit.reporting.energy import SOURCE, count_ops, estimate_energy_pj, rapl_energy_uj
 from lowbit.reporting.result import Report
+from lowbit.serialization import artifact_size, save
 from lowbit.transforms.bn_fold import fold_batchnorm_
 
 __all__ = ["report", "DEFAULT_SCHEMES", "GROUPS"]
@@ -109,10 +110,8 @@ class _Measurer:
 
     def row(self, name: str, qmodel: nn.Module, seconds: float) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
-            import lowbit
-
-            path = lowbit.save(qmodel, tmp)
-            size = sum(f.stat().st_size for f in path.iterdir())
+            path = save(qmodel, tmp)
+            size = artifact_size(path)
             record = getattr(qmodel, "lowbit_record", None)
             bits = bits_per_weight(path) if record is not None and record.layers else 32.0
         self.models[name] = qmodel
