@@ -22,7 +22,7 @@ from lowbit.nn import QuantModule
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from lowbit.export.ort import float_layers, ort_session  # noqa: E402
+from lowbit.export.ort import float_layers, ort_optimized, ort_session  # noqa: E402
 
 
 class ResidualCNN(nn.Module):
@@ -139,15 +139,7 @@ def test_resnet_like_graph_stays_on_integer_codes_end_to_end(tmp_path, quantize_
 
 
 def _optimized_ops(path) -> collections.Counter:
-    import tempfile
-
-    opts = ort.SessionOptions()
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return collections.Counter(
-            n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
-        )
+    return collections.Counter(n.op_type for n in ort_optimized(path)[1].graph.node)
 
 
 def test_dynamic_linear_runs_on_uint8_codes(tmp_path):

@@ -7,8 +7,6 @@ the calibration range; lowbit's PyTorch model has no such clamp, so neither may 
 from __future__ import annotations
 
 import collections
-import os
-import tempfile
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from lowbit.export import export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-from lowbit.export.ort import ort_session  # noqa: E402
+from lowbit.export.ort import ort_optimized, ort_session  # noqa: E402
 
 
 class Regressor(nn.Module):
@@ -111,14 +109,7 @@ def test_outputs_beyond_the_calibration_range_are_not_clamped(tmp_path, make, sh
 
 
 def _optimized_ops(path) -> collections.Counter:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        opts.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        return collections.Counter(
-            n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node
-        )
+    return collections.Counter(n.op_type for n in ort_optimized(path)[1].graph.node)
 
 
 def test_float_output_head_still_runs_as_qgemm(tmp_path):

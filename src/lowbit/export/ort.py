@@ -24,6 +24,7 @@ __all__ = [
     "INTEGER_OPS",
     "FLOAT_OPS",
     "ort_session",
+    "ort_optimized",
     "ort_layer_ops",
     "float_layers",
     "ort_quantize",
@@ -41,6 +42,13 @@ FLOAT_OPS = {"Conv", "FusedConv", "MatMul", "Gemm", "FusedMatMul", "FusedGemm"}
 
 def ort_session(path: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime CPU session on ``path`` and ``{layer scope: [ops]}`` of its optimized graph."""
+    sess, optimized = ort_optimized(path, threads)
+    return sess, ort_layer_ops(optimized)
+
+
+def ort_optimized(path: str | os.PathLike, threads: int | None = None):
+    """``(session, optimized ModelProto)``: the graph ONNX Runtime really runs for ``path``
+    (its fusions applied: ``QLinearConv``, ``QGemm``...), read back from a temp file."""
     import onnx
     import onnxruntime as ort
 
@@ -51,8 +59,7 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     with tempfile.TemporaryDirectory() as tmp:
         opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(opts.optimized_model_filepath)
-    return sess, ort_layer_ops(optimized)
+        return sess, onnx.load(opts.optimized_model_filepath)
 
 
 def _scope(node_name: str) -> str:
