@@ -15,6 +15,7 @@ from lowbit.config import QuantConfig, QuantMode, QuantScheme, TensorQuantSpec
 from lowbit.deploy import BenchResult, SlowdownWarning, bench
 from lowbit.errors import (
     ArtifactError,
+    BackendUnavailableError,
     CalibrationError,
     ConfigError,
     InvalidModelError,
@@ -29,6 +30,7 @@ from lowbit.pipeline import QuantizationRecord, quantize
 from lowbit.presets import PRESETS, get_preset, preset_names
 from lowbit.ptq import ALGORITHMS, PTQOptions
 from lowbit.reporting import Report, report
+from lowbit.runtime import CompiledModel, compile  # noqa: A004
 from lowbit.search import AutoResult, auto
 from lowbit.serialization import artifact_size, load, model_size, save
 
@@ -41,6 +43,8 @@ __all__ = [
     "auto",
     "report",
     "export_onnx",
+    "compile",
+    "CompiledModel",
     "bench",
     "BenchResult",
     "SlowdownWarning",
@@ -66,6 +70,7 @@ __all__ = [
     "CalibrationError",
     "InvalidModelError",
     "ArtifactError",
+    "BackendUnavailableError",
     "UnsupportedLayerError",
     "NothingQuantizedWarning",
     "UnsupportedDeviceError",

@@ -15,6 +15,7 @@ __all__ = [
     "UnsupportedLayerError",
     "NothingQuantizedWarning",
     "UnsupportedDeviceError",
+    "BackendUnavailableError",
     "field_error",
     "in_field",
 ]
@@ -45,6 +46,10 @@ class InvalidModelError(LowbitError, ValueError):
 
 class UnsupportedDeviceError(InvalidModelError):
     """A model or quantized layer is asked to live off the CPU (lowbit's kernels are CPU-only)."""
+
+
+class BackendUnavailableError(LowbitError, RuntimeError):
+    """A runtime asked of ``lowbit.compile`` is not installed, or cannot take this model."""
 
 
 class ArtifactError(LowbitError, OSError):

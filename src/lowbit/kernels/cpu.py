@@ -17,7 +17,10 @@ Each fast path has a reference twin in :mod:`lowbit.kernels.reference` and is te
 from __future__ import annotations
 
 import functools
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -33,7 +36,9 @@ __all__ = [
     "quantize_dynamic_int8",
     "int8_matmul",
     "has_vnni",
-    "int8_conv_fp32",
+    "Fp32Conv",
+    "prepare_fp32_conv",
+    "fp32_conv_codes",
     "dequantize_accumulator",
     "quantize_static",
     "uses_weight_pack",
@@ -46,8 +51,25 @@ __all__ = [
 ]
 
 
-@functools.cache
-@torch.compiler.assume_constant_result
+def _machine_constant(probe: Callable[[], bool]) -> Callable[[], bool]:
+    """Run ``probe`` once per process and keep its answer.
+
+    Machine probes are constants of the process; ``torch.compile`` calls them once at trace time
+    (``assume_constant_result``) instead of tracing their bodies, which read /proc/cpuinfo or
+    run a kernel. Not ``functools.cache``: dynamo traces through its wrapper (with a warning).
+    """
+    answer: list[bool] = []
+
+    @functools.wraps(probe)
+    def once() -> bool:
+        if not answer:
+            answer.append(probe())
+        return answer[0]
+
+    return torch.compiler.assume_constant_result(once)
+
+
+@_machine_constant
 def has_int_mm() -> bool:
     """True when ``torch._int_mm`` runs on this CPU build (checked once with a tiny call)."""
     try:
@@ -57,8 +79,7 @@ def has_int_mm() -> bool:
         return False
 
 
-@functools.cache
-@torch.compiler.assume_constant_result
+@_machine_constant
 def has_onednn_qconv() -> bool:
     """True when oneDNN's int8 convolution operators are present in this torch build."""
     try:
@@ -68,8 +89,7 @@ def has_onednn_qconv() -> bool:
         return False
 
 
-@functools.cache
-@torch.compiler.assume_constant_result
+@_machine_constant
 def onednn_qconv_exact() -> bool:
     """True when oneDNN's int8 convolution computes exact int32 sums on this CPU.
 
@@ -90,8 +110,7 @@ def onednn_qconv_exact() -> bool:
     return bool((y == 255 * 127 * 16 * 9).all())
 
 
-@functools.cache
-@torch.compiler.assume_constant_result
+@_machine_constant
 def native_bf16() -> bool:
     """True when this CPU computes bf16 GEMMs and convs natively (AVX-512 BF16/AMX, or oneDNN's
     fast AVX-512 emulation). Without it (AVX2-only CPUs) a bf16 GEMM is emulated and measured
@@ -168,20 +187,29 @@ _ONE = torch.ones(1, 1)
 _ZERO = torch.zeros(1)
 
 
-# Machine probes are constants of the process: torch.compile would otherwise trace their bodies
-# (it skips functools.cache) and break the graph at the /proc/cpuinfo read on every call.
-@functools.cache
-@torch.compiler.assume_constant_result
+@_machine_constant
 def has_vnni() -> bool:
     """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), which
     ``torch._int_mm`` needs to be fast: without them it measured 30x slower than an fp32 GEMM
     (AMD EPYC, AVX2 only: 1280x384 @ 384x1536 in 250 ms vs 8.4 ms). Unknown (no
     /proc/cpuinfo): assumed present."""
+    if _isa_cap_without_vnni():
+        return False
     try:
         words = set(Path("/proc/cpuinfo").read_text(encoding="utf-8").split())
     except OSError:
         return True
     return bool(words & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+# oneDNN's own ISA switch (``ONEDNN_MAX_CPU_ISA``): capped at one of these, its int8 kernels run
+# without VNNI even where the CPU has it (how an AVX2-only machine is reproduced on a newer one)
+_ISAS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX512_MIC_4OPS"}
+
+
+def _isa_cap_without_vnni() -> bool:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return cap.strip().upper() in _ISAS_WITHOUT_VNNI
 
 
 # An fp32 GEMM of 8-bit integers is exact while every partial sum stays below 2^24:
@@ -207,28 +235,45 @@ def int8_matmul(qx: torch.Tensor, qw: torch.Tensor, fast: bool = True) -> torch.
     return acc
 
 
-def int8_conv_fp32(
-    qx: torch.Tensor, x_zero_point: int, qw: torch.Tensor, stride, padding, dilation, groups: int
-) -> torch.Tensor:
-    """``conv(qx - zx, qw)`` exactly, from fp32 convolutions (float64 result holding integers).
+class Fp32Conv(NamedTuple):
+    """An int8 conv weight as fp32 integers for :func:`fp32_conv_codes` (derived data)."""
 
-    For CPUs where oneDNN's int8 conv is unusable (no VNNI). Each output sums at most 512
-    products of |x - zx| <= 255 and |w| <= 128 per fp32 conv, below 2^24, so every partial sum
-    is exact; wider reductions (``groups == 1``) are split over input channels. Grouped convs
-    with more than 512 terms per output use the float64 reference.
+    w: torch.Tensor  # the int8 codes as float32
+    scale: torch.Tensor  # [out] weight scales
+    exact: bool  # every partial sum provably below 2^24
+
+
+def prepare_fp32_conv(qw: torch.Tensor, w_scale: torch.Tensor, x_range: int) -> Fp32Conv:
+    """The fp32 form of an int8 conv weight, and whether an fp32 conv on it is exact.
+
+    Each output sums ``(q_x - z_x) * q_w`` over its receptive field; with ``|q_x - z_x| <=
+    x_range``, every partial sum is bounded by ``x_range * sum|q_w[c]|``. Below 2^24 each one is
+    an fp32 integer, so one fp32 conv gives the int32 result exactly.
     """
-    conv = reference.CONV_FN[qw.dim() - 2]
-    x, w = qx.float() - float(x_zero_point), qw.float()
-    if qw[0].numel() <= _EXACT_FP32_CHUNK:
-        return conv(x, w, None, stride, padding, dilation, groups).double()
-    if groups != 1:
-        return reference.int8_conv_ref(qx, x_zero_point, qw, stride, padding, dilation, groups)
-    step = max(1, _EXACT_FP32_CHUNK // qw[0, 0].numel())
-    acc = None
-    for c in range(0, qw.shape[1], step):
-        part = conv(x[:, c : c + step], w[:, c : c + step], None, stride, padding, dilation, 1)
-        acc = part.double() if acc is None else acc.add_(part.double())
-    return acc
+    w = qw.float()
+    bound = x_range * float(w.abs().reshape(w.shape[0], -1).sum(dim=1).max())
+    return Fp32Conv(w, w_scale.float(), bound < 2.0**24)
+
+
+def fp32_conv_codes(
+    xq: torch.Tensor,
+    fc: Fp32Conv,
+    x_scale: float | torch.Tensor,
+    bias: torch.Tensor | None,
+    stride, padding, dilation, groups: int,
+) -> torch.Tensor:  # fmt: skip
+    """``y = conv(q_x - z_x, q_w) * s_x * s_w + b`` from centered codes ``xq`` (float32).
+
+    The int8 conv where oneDNN's saturates (no VNNI): an fp32 conv on the integer codes, one
+    fp32 conv's cost plus one epilogue pass. Exact when ``fc.exact``; otherwise partial sums
+    above 2^24 round to fp32 (relative error ~1e-7 per add, far below the int8 grid's).
+    """
+    acc = reference.CONV_FN[fc.w.dim() - 2](xq, fc.w, None, stride, padding, dilation, groups)
+    shape = [1, -1] + [1] * (fc.w.dim() - 2)
+    out_scale = (fc.scale * x_scale).reshape(shape)
+    if bias is None:
+        return acc.mul_(out_scale)
+    return torch.addcmul(bias.reshape(shape), acc, out_scale, out=acc)
 
 
 WEIGHT_ONLY_DEQUANT_MIN_ROWS = 160
@@ -313,8 +358,8 @@ def prepack_int8_conv(
 
 def int8_conv(
     qx: torch.Tensor,
-    x_scale: float,
-    x_zero_point: int,
+    x_scale: float | torch.Tensor,
+    x_zero_point: int | torch.Tensor,
     packed_w: torch.Tensor,
     w_scale: torch.Tensor,
     bias: torch.Tensor | None,
@@ -323,10 +368,21 @@ def int8_conv(
     dilation: list[int],
     groups: int,
 ) -> torch.Tensor:
-    """fp32 ``conv((qx - zx) * sx, qw * sw) + bias`` with uint8 ``qx``, on oneDNN's int8 kernel."""
+    """fp32 ``conv((qx - zx) * sx, qw * sw) + bias`` with uint8 ``qx``, on oneDNN's int8 kernel.
+
+    ``x_scale``/``x_zero_point`` may be 0-d tensors (dynamic inputs: no host sync, nothing for
+    torch.compile to break its graph on)."""
     w_zero = torch.zeros(w_scale.numel(), dtype=torch.int64)
-    y = torch.ops.onednn.qconv_pointwise(
-        qx, float(x_scale), int(x_zero_point), packed_w, w_scale.float(), w_zero, bias,
+    if qx.dim() == 4:
+        # oneDNN computes in channels-last; handing it NCHW makes its output layout depend on
+        # the shape, which Inductor's shape-generic kernels then mispredict
+        qx = qx.contiguous(memory_format=torch.channels_last)
+    if isinstance(x_scale, torch.Tensor):
+        op, sx, zx = torch.ops.onednn.qconv_pointwise.tensor, x_scale, x_zero_point
+    else:
+        op, sx, zx = torch.ops.onednn.qconv_pointwise, float(x_scale), int(x_zero_point)
+    y = op(
+        qx, sx, zx, packed_w, w_scale.float(), w_zero, bias,
         stride, padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "",
     )  # fmt: skip
     # oneDNN answers in channels-last; user code often calls .view() on conv outputs.

@@ -29,6 +29,7 @@ __all__ = [
     "quantize_per_token",
     "quantize_per_tensor",
     "quantize_static",
+    "quantize_centered",
     "dequantize_",
 ]
 
@@ -64,6 +65,14 @@ def quantize_static(
     ``s`` and ``z`` are 0-d tensors so one compiled kernel serves every layer (Python scalars
     would be baked into the kernel as constants)."""
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(dtype)
+
+
+def quantize_centered(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
+    """``q - z = clamp(round(x / s), qmin - z, qmax - z)`` as float32: codes with their zero
+    point already subtracted, for kernels that compute on integer-valued floats."""
+    return torch.clamp(torch.round(x / scale), qmin - zero_point, qmax - zero_point)
 
 
 def dequantize_(

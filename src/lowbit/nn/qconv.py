@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lowbit.config import QuantMode, QuantScheme
-from lowbit.kernels import cpu, reference
+from lowbit.kernels import cpu, fused, reference
 from lowbit.kernels.reference import CONV_FN
 from lowbit.nn import kernel_calls as kc
 from lowbit.nn.base import (
@@ -47,7 +47,7 @@ class QuantConv(QuantModule):
     """Integer-weight 1-D/2-D convolution; build it with :meth:`from_float`."""
 
     # oneDNN's prepacked weight (_packed) has no storage: it cannot be copied, only rebuilt
-    _derived = ("_fast", "_exact_fp32", "_codes", "_w_scale", "_packed", "_dequant_path")
+    _derived = ("_fast", "_fp32", "_codes", "_w_scale", "_packed", "_dequant_path")
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class QuantConv(QuantModule):
 
     def _prepare(self) -> None:
         mode = self.scheme.mode
-        self._fast, self._exact_fp32 = True, None
+        self._fast, self._fp32 = True, None
         self._dequant_path = kc.dequant(cpu.dequant_dtype(), "conv")  # forward only picks it
         if mode is QuantMode.WEIGHT_ONLY:
             dt = "bf16" if cpu.native_bf16() else "fp32 (bf16 is not native on this CPU)"
@@ -117,11 +117,14 @@ class QuantConv(QuantModule):
             self._fast = False
             self._fallback("oneDNN int8 convolution is not in this torch build")
         elif not cpu.onednn_qconv_exact():
-            # oneDNN's int8 conv saturates here (no VNNI: its int16 pair sums overflow); the
-            # same integers come exactly from fp32 convs over <= 512-term chunks
+            # oneDNN's int8 conv saturates here (no VNNI: its int16 pair sums overflow); an fp32
+            # conv on the integer codes costs what the float conv costs, exact while every
+            # partial sum stays below 2^24 (checked per layer from the weights)
             self._fast = False
-            self._exact_fp32 = int8[:2]
-            self.kernel = "exact fp32 conv on the int8 codes (oneDNN int8 conv saturates: no VNNI)"
+            self._fp32 = cpu.prepare_fp32_conv(int8.q, int8.scale, self._input_range())
+            exact = "exact" if self._fp32.exact else "partial sums above 2^24 round in fp32"
+            self.kernel = (f"fp32 conv on the int8 codes ({exact}; oneDNN's int8 conv "
+                           "saturates without VNNI)")  # fmt: skip
         else:
             w_int8, self._w_scale, _sqnr = int8
             if w_int8 is not self.qweight:
@@ -139,21 +142,35 @@ class QuantConv(QuantModule):
         bits = self.scheme.activation.int_format.bits
         return bits <= 8 if self.scheme.mode is QuantMode.STATIC else bits == 8
 
-    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-        """uint8 codes of ``x`` with their (scale, zero point): calibrated, or from x's min/max.
+    def _input_range(self) -> int:
+        """The largest ``|q_x - z_x|`` this layer's inputs can have."""
+        if self.scheme.mode is QuantMode.STATIC:
+            c = self._codes
+            return max(c.zero_point - c.qmin, c.qmax - c.zero_point)
+        return 255
+
+    def _input_qparams(self, x: torch.Tensor):
+        """``(s, z, qmin, qmax)`` of the uint8 grid of ``x``: calibrated (s, z Python numbers
+        and 0-d tensors), or from x's own min/max (0-d tensors: no host sync, one graph under
+        torch.compile)."""
+        if self.scheme.mode is QuantMode.STATIC:
+            c = self._codes
+            return c.scale, c.zero_point + 128, c.qmin + 128, c.qmax + 128
+        lo_x, hi_x = torch.aminmax(x)
+        lo_v, hi_v = lo_x.clamp(max=0.0), hi_x.clamp(min=0.0)
+        scale = ((hi_v - lo_v) / 255.0).clamp(min=1e-12)
+        return scale, torch.round(-lo_v / scale).clamp(0, 255), 0, 255
+
+    def _quantize_input(self, x: torch.Tensor) -> tuple[torch.Tensor, Any, Any]:
+        """uint8 codes of ``x`` with their (scale, zero point): calibrated (Python numbers), or
+        from x's min/max (0-d tensors).
 
         A static int8 grid maps onto uint8 by adding 128 to codes and zero point alike, which
         leaves ``q - z`` unchanged. Dynamic inputs get an asymmetric uint8 range of their own.
         """
-        if self.scheme.mode is QuantMode.STATIC:
-            c = self._codes
-            scale, zp, lo, hi = c.scale, c.zero_point + 128, c.qmin + 128, c.qmax + 128
-        else:
-            lo_x, hi_x = torch.aminmax(x)
-            lo_v, hi_v = min(float(lo_x), 0.0), max(float(hi_x), 0.0)
-            scale = max((hi_v - lo_v) / 255.0, 1e-12)
-            zp, lo, hi = int(min(max(round(-lo_v / scale), 0), 255)), 0, 255
-        s_t, z_t = torch.tensor(scale), torch.tensor(float(zp))
+        scale, zp, lo, hi = self._input_qparams(x)
+        s_t, z_t = (torch.tensor(float(v)) if not isinstance(v, torch.Tensor) else v
+                    for v in (scale, zp))  # fmt: skip
         qx = cpu.quantize_static(x, s_t, z_t, lo, hi, torch.uint8)
         return qx, scale, zp
 
@@ -178,6 +195,8 @@ class QuantConv(QuantModule):
             return self._dequant_path, y
         if not self._uint8_inputs():
             return kc.REFERENCE_FP64_CONV, self._forward_general(x.float())
+        if self._fp32 is not None:
+            return kc.INT8_FP32_CONV, self._conv_fp32(x.float())
         qx, scale, zp = self._quantize_input(x.float())
         if self._fast:
             y = cpu.int8_conv(
@@ -193,15 +212,17 @@ class QuantConv(QuantModule):
                 self.groups,
             )
             return kc.INT8_ONEDNN_CONV, y
-        if self._exact_fp32 is None:
-            return kc.REFERENCE_FP64_CONV, self._conv_reference(qx, scale, zp)
-        w_int8, w_scale = self._exact_fp32
-        acc = cpu.int8_conv_fp32(qx, zp, w_int8, self.stride, self.padding, self.dilation,
-                                 self.groups)  # fmt: skip
-        shape = [1, -1] + [1] * self.dims
-        y = acc * (w_scale.double() * scale).reshape(shape)
-        y = (y if self.bias is None else y + self.bias.double().reshape(shape)).float()
-        return kc.INT8_FP32_CONV, y
+        return kc.REFERENCE_FP64_CONV, self._conv_reference(qx, scale, zp)
+
+    def _conv_fp32(self, x: torch.Tensor) -> torch.Tensor:
+        """No VNNI: centered codes ``q_x - z_x`` in one fused pass, an fp32 conv, one epilogue."""
+        scale, zp, lo, hi = self._input_qparams(x)
+        if self.scheme.mode is QuantMode.STATIC:
+            scale, zp = self._codes._scale_t, self._codes._zp_t + 128
+        rows = x.numel() // max(self.in_channels, 1)
+        xq = fused.fused(fused.quantize_centered, rows)(x, scale, zp, lo, hi)
+        return cpu.fp32_conv_codes(xq, self._fp32, scale, self.bias, self.stride, self.padding,
+                                   self.dilation, self.groups)  # fmt: skip
 
     def _forward_general(self, x: torch.Tensor) -> torch.Tensor:
         """Activations of widths other than 8 bits: quantize-dequantize them as the spec says
