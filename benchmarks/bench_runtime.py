@@ -1,7 +1,7 @@
 """Whole-model speed (issue 19): lowbit eager, every ``lowbit.compile`` backend and the peers.
 
 For each model, in one process: float32 eager PyTorch (the baseline of every ratio); lowbit's
-W8A8-dynamic and W8A8 models in lowbit's eager runtime and through ``lowbit.compile`` on each
+W8A8-dynamic and W8A8 models (MiniLM also W8A8 with SmoothQuant) in lowbit's eager runtime and through ``lowbit.compile`` on each
 backend (inductor, onnxruntime, openvino); and what a user would pick instead: ONNX Runtime's
 ``quantize_dynamic`` and ``quantize_static`` (on the float ONNX export, after
 ``quant_pre_process``), NNCF's int8 on OpenVINO (its defaults: bf16 for float ops on CPUs with
@@ -151,9 +151,14 @@ def run_model(name: str, tmp: Path, min_time_s: float, schemes=SCHEMES) -> list[
     variants: dict = {"float32 eager": fmodel}
     builds: dict[str, float] = {}
     one = tuple(t[:1] for t in spec["eval"])
+    if spec["metric"] == "cosine":  # transformers: SmoothQuant is the static W8A8 recipe
+        schemes = (*schemes, "W8A8+smoothquant")
     for scheme in schemes:
         t0 = time.perf_counter()
-        q = wrap(lowbit.quantize(spec["model"], scheme, calibration=spec["calib"])).eval()
+        preset, *algorithm = scheme.split("+")
+        q = lowbit.quantize(spec["model"], preset, calibration=spec["calib"],
+                            algorithm=algorithm or None)  # fmt: skip
+        q = wrap(q).eval()
         builds[f"lowbit {scheme} eager"] = time.perf_counter() - t0
         variants[f"lowbit {scheme} eager"] = q
         for backend in BACKENDS:

@@ -12,9 +12,10 @@ feeds which layer is found from the data, not from a traced graph (many models d
 CLE pairs consecutive Linear/Conv layers with any positively homogeneous operations between them
 (ReLU, max-pooling, flatten). SmoothQuant and AWQ fold their scales into the LayerNorm or Linear
 whose output is exactly the layer's input; when no such fold is exact (post-LN transformers
-such as BERT/MiniLM, whose LayerNorm output also feeds the residual), the layer keeps its own
-scale vector, applied to its input at run time (``QuantLinear.input_smooth``: one multiply per
-input element, recorded as ``folded_into: None``).
+such as BERT/MiniLM, whose LayerNorm output also feeds the residual), the layers that read that
+one input (query, key and value) share one scale vector, searched for them together, which each
+applies to its input at run time (``QuantLinear.input_smooth``: one multiply per input element,
+recorded as ``folded_into: None``); runtimes then quantize that input once for all three.
 """
 
 from __future__ import annotations
@@ -161,8 +162,11 @@ def _is_norm(m: nn.Module) -> bool:
     return named_norm and isinstance(w, torch.Tensor) and w.dim() == 1
 
 
-def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[str]]:
-    """``({producer: [consumers]}, [unfused consumers])`` from tensor identity, then verified."""
+def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """``({producer: [consumers]}, [[unfused consumers sharing one input]])`` from tensor
+    identity, then verified. A producer whose output also feeds something else (a post-norm
+    transformer's LayerNorm feeds the residual too) cannot absorb the scale, but its consumers
+    still read one tensor: they share one scale, so runtimes quantize that input once."""
     # A freed tensor's memory is reused, so an address names the *latest* output written there:
     # producers overwrite, and each consumer resolves its producer at the moment it reads.
     out_keys: dict[tuple, str] = {}
@@ -198,13 +202,13 @@ def _fold_groups(model, layers, batch) -> tuple[dict[str, list[str]], list[str]]
         producer = source.get(name)
         if producer is not None and producer != name:
             groups.setdefault(producer, []).append(name)
-    folds, unfused = {}, [n for n in layers if not any(n in g for g in groups.values())]
+    folds, unfused = {}, [[n] for n in layers if not any(n in g for g in groups.values())]
     for producer, consumers in groups.items():
         mods = [model.get_submodule(producer)] + [layers[c] for c in consumers]
         if _verified(model, batch, mods, lambda s, p=producer, c=consumers: _fold(model, p, c, s)):
             folds[producer] = consumers
         else:
-            unfused += consumers
+            unfused.append(consumers)
     return folds, unfused
 
 
@@ -231,7 +235,7 @@ def _unfused(m: nn.Module, s: torch.Tensor) -> None:
 def _units(model, layers, batch) -> list[tuple[str | None, list[str]]]:
     folds, unfused = _fold_groups(model, layers, batch)
     units: list[tuple[str | None, list[str]]] = list(folds.items())
-    return units + [(None, [n]) for n in unfused]
+    return units + [(None, group) for group in unfused]
 
 
 def _act_absmax(model, layers, batches) -> dict[str, torch.Tensor]:
@@ -294,7 +298,8 @@ def smooth(
         if producer is not None:
             _fold(model, producer, consumers, s)
         else:
-            _unfused(mods[0], s)
+            for m in mods:  # one input, one scale: the same smoothing on each reader
+                _unfused(m, s)
         records.append(rec)
     return records
 
