@@ -123,3 +123,27 @@ def test_cli_bench_writes_json(tmp_path, capsys):
     assert data["kernels"][cell("W8A8", "torch", 8)]  # e.g. "2 int8 _int_mm"
     assert "| variant" in capsys.readouterr().out
     assert lowbit.bench is bench
+
+
+def test_compiled_backends_are_timed_beside_eager_against_float_eager(monkeypatch, tmp_path):
+    from lowbit.runtime import onnx_backends as ox
+
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(ox.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "openvino" else real(name, *a))  # fmt: skip
+    x = torch.randn(8, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowdownWarning)
+        res = bench(_mlp(), x, schemes=("W8A8",), onnx=False, min_time_s=0.01,
+                    compile_backends=("onnxruntime", "openvino"))  # fmt: skip
+    keys = {(r["variant"], r["runtime"], r["batch"]) for r in res.rows}
+    assert keys == {("float32", "torch", 1), ("float32", "torch", 8), ("W8A8", "torch", 1),
+                    ("W8A8", "torch", 8), ("W8A8", "compiled:onnxruntime", 1),
+                    ("W8A8", "compiled:onnxruntime", 8)}  # fmt: skip
+    for r in res.rows:  # compiled rows: ratio to float32 eager PyTorch of the same run
+        base = next(f for f in res.rows if f["variant"] == "float32" and f["batch"] == r["batch"])
+        assert r["speedup"] == pytest.approx(base["ms"] / r["ms"], rel=0.01)
+    assert "onnxruntime" in res.kernels[cell("W8A8", "compiled:onnxruntime", 1)]
+    assert any("openvino" in n and "pip install openvino" in n for n in res.notes), res.notes
+    assert "pip install openvino" in res.to_markdown()

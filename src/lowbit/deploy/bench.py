@@ -1,4 +1,4 @@
-"""``lowbit.bench``: float vs quantized, in lowbit's PyTorch runtime and in ONNX Runtime, one run.
+"""``lowbit.bench``: float vs quantized in lowbit's PyTorch runtime, compiled, and in ONNX Runtime.
 
 >>> result = lowbit.bench(model, example, calibration=batches)  # doctest: +SKIP
 >>> print(result.to_markdown())  # doctest: +SKIP
@@ -10,6 +10,8 @@ result names, per variant and batch, every layer whose weights went through a fl
 (dequantize + float GEMM/conv, the reference fallback, int8 codes on fp32 without VNNI) and the
 layers the scheme left float; in ONNX Runtime, quantized layers its optimizer left on a float
 kernel. A variant that is not faster than float gets a :class:`SlowdownWarning` naming them.
+Variants compiled with :func:`lowbit.compile` (``compile_backends``) are timed beside the eager
+ones, against the same float32 eager model.
 """
 
 from __future__ import annotations
@@ -48,13 +50,16 @@ class BenchResult:
     float_layers: dict[str, dict[str, str]] = field(default_factory=dict)
     kernels: dict[str, str] = field(default_factory=dict)
     machine: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a compile backend that cannot run
 
     def to_markdown(self) -> str:
         cols = ["variant", "runtime", "batch", "ms", "speed-up", "float layers", "kernels"]
+        notes = "".join(f"\n\n{n}" for n in self.notes)
         return f"{format_table(self.rows, cols)}\n\n_{self.machine}; speed-up = float / variant " \
                "in the same runtime and run; float layers: quantized layers that computed in " \
                "float at that batch (dequantize + float GEMM/conv, reference fallback) and " \
-               "layers left float._"  # fmt: skip
+               "layers left float; compiled:<backend> rows run lowbit.compile and compare " \
+               f"with float32 eager PyTorch._{notes}"  # fmt: skip
 
     def slow(self) -> list[dict]:
         return [r for r in self.rows if r["variant"] != "float32" and r["speedup"] < 1.0]
@@ -96,6 +101,7 @@ def bench(
     schemes: Sequence[str] = DEFAULT_SCHEMES,
     calibration: Iterable | None = None,
     onnx: bool = True,
+    compile_backends: Sequence[str] = (),
     min_time_s: float = 0.5,
     warn: bool = True,
 ) -> BenchResult:
@@ -103,6 +109,11 @@ def bench(
 
     ``calibration``: batches for static schemes (default: the example batch). ``onnx``: also
     export each variant with :func:`lowbit.export_onnx` and time it in ONNX Runtime.
+    ``compile_backends``: also run each variant through :func:`lowbit.compile` on these
+    backends (``"inductor"``, ``"onnxruntime"``, ``"openvino"``; ``"auto"`` for the fastest);
+    their rows (``runtime`` = ``"compiled:<backend>"``) are timed in the same rounds as the
+    PyTorch variants, against float32 eager PyTorch. A backend that cannot run here is left out
+    with its reason in ``kernels``.
     """
     args = _as_args(example_inputs)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
@@ -114,6 +125,9 @@ def bench(
     batches = sorted({1, int(args[0].shape[0])})
     result = BenchResult(machine=describe_machine())
     runtimes = {"torch": _torch_runners(variants)}
+    runtimes["torch"].update(
+        _compiled_runners(variants, args, calibration, compile_backends, batches, result)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if onnx:
             runtimes["onnxruntime"] = _ort_runners(variants, args, calibration, Path(tmp),
@@ -129,15 +143,41 @@ def bench(
     return result
 
 
+def _compiled_runners(variants, args, calibration, backends, batches, result) -> dict:
+    """``{"W8A8 @ compiled:onnxruntime": runner}`` for every quantized variant and backend."""
+    runners = {}
+    for name, m in variants.items():
+        if name == "float32":
+            continue
+        for backend in backends:
+            label = f"{name} @ compiled:{backend}"
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    c = lowbit.compile(m, _slice(args, 1), backend=backend,
+                                       calibration=calibration, measure_s=0.5)  # fmt: skip
+            except lowbit.BackendUnavailableError as exc:
+                result.notes.append(f"{name} was not compiled for {backend}: {exc}")
+                continue
+            for b in batches:
+                result.kernels[cell(name, f"compiled:{backend}", b)] = (
+                    f"lowbit.compile -> {c.backend}, built in {c.compile_s:.1f} s"
+                )
+            runners[label] = lambda feed, c=c: c(*feed)
+    return runners
+
+
 def _time_cell(runners: dict, feed: tuple, runtime: str, batch: int, min_time_s: float,
                result: BenchResult) -> None:  # fmt: skip
     """Time every variant on ``feed`` in interleaved rounds; one row each, ratio to float32."""
     fns = {name: (lambda r=run, f=feed: r(f)) for name, run in runners.items()}
     lat = compare_latency(fns, min_time_s=min_time_s)
     base = lat["float32"].median_ms
-    for name in runners:
-        ms, key = lat[name].median_ms, cell(name, runtime, batch)
-        result.rows.append({"variant": name, "runtime": runtime, "batch": batch, "ms": ms,
+    for label in runners:
+        name, _, compiled = label.partition(" @ ")
+        ms, key = lat[label].median_ms, cell(name, compiled or runtime, batch)
+        result.rows.append({"variant": name, "runtime": compiled or runtime, "batch": batch,
+                            "ms": ms,
                             "speedup": base / ms, "speed-up": f"{base / ms:.2f}x",
                             "float layers": len(result.float_layers.get(key, {})),
                             "kernels": result.kernels.get(key, "")})  # fmt: skip

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--schemes", nargs="+", help="presets (default: W8A8 W8A8-dynamic W4A16-g128)")
     p.add_argument("--no-onnx", action="store_true", help="PyTorch runtime only")
+    p.add_argument("--compile", nargs="*", default=None, metavar="BACKEND",
+                   help="also time lowbit.compile on these backends (inductor onnxruntime "
+                        "openvino auto; bare --compile: all three)")  # fmt: skip
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per cell")
     p.add_argument("--json", help="also write the rows, float layers and kernels to this JSON file")
     p.add_argument("--strict", action="store_true", help="exit 3 if a variant is not faster")
@@ -47,6 +50,15 @@ def _inputs(args):
     return model, list(data.split(args.batch_size))
 
 
+def _backends(flag: list[str] | None) -> tuple[str, ...]:
+    """``--compile`` absent: none; bare: every backend; else the names given."""
+    from lowbit.runtime import BACKENDS
+
+    if flag is None:
+        return ()
+    return tuple(flag) if flag else BACKENDS
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from lowbit.deploy import DEFAULT_SCHEMES, SlowdownWarning, bench
 
@@ -55,7 +67,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SlowdownWarning)
         result = bench(model, batches[0], schemes=schemes, calibration=batches[:8],
-                       onnx=not args.no_onnx, min_time_s=args.min_time)  # fmt: skip
+                       onnx=not args.no_onnx, min_time_s=args.min_time,
+                       compile_backends=_backends(args.compile))  # fmt: skip
     print(result.to_markdown())
     slow = [w for w in caught if issubclass(w.category, SlowdownWarning)]
     for w in slow:
@@ -63,5 +76,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rows": result.rows, "float_layers": result.float_layers,
-                       "kernels": result.kernels, "machine": result.machine}, f, indent=2)  # fmt: skip
+                       "kernels": result.kernels, "machine": result.machine,
+                       "notes": result.notes}, f, indent=2)  # fmt: skip
     return 3 if (args.strict and slow) else 0
