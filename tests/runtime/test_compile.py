@@ -156,3 +156,14 @@ def test_inductor_captures_a_quantized_mlp_in_one_graph(tmp_path):
     c = lowbit.compile(q, x, backend="inductor", cache_dir=tmp_path)
     with torch.no_grad():
         assert lowbit.measure.accuracy.sqnr_db(q(x), c(x)) > 40
+
+
+@pytest.mark.skipif(rc.ind.inductor_missing() is not None, reason="no C++ compiler")
+def test_inductor_runs_int8_convs_at_a_batch_other_than_the_examples(tmp_path):
+    """A shape-generic recompile crashed in Inductor's int8-conv lowering (a stride assertion)
+    when the batch size changed; each shape now compiles statically."""
+    q, calib = _cnn("W8A8")
+    c = lowbit.compile(q, calib[0][:1], backend="inductor", cache_dir=tmp_path)
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        assert lowbit.measure.accuracy.sqnr_db(q(x), c(x)) > 30

@@ -4,7 +4,8 @@
 ``torch._int_mm``, oneDNN's int8 conv and the weight-pack kernels), and Inductor fuses the
 element-wise work around them (activation quantization, the dequantize/bias epilogue, GELU,
 LayerNorm, softmax) into C++ loops. ``freezing`` turns weights into constants, so the float layers
-left (attention's matmuls, a float head) are prepacked for oneDNN too. Inductor caches compiled
+left (attention's matmuls, a float head) are prepacked for oneDNN too. Each input shape compiles
+once (static shapes; torch recompiles up to its ``recompile_limit``, then runs eager). Inductor caches compiled
 graphs on disk itself (``torch._inductor`` FX graph cache), so a second process compiles faster.
 
 >>> run = inductor_runner(qmodel)  # doctest: +SKIP
@@ -37,9 +38,12 @@ def inductor_missing() -> str | None:
 
 
 def inductor_runner(model: nn.Module) -> Callable:
-    """``model`` under ``torch.compile`` with Inductor (frozen weights, shapes dynamic after the
-    first new shape, as torch's default)."""
-    return torch.compile(model, backend="inductor", options=INDUCTOR_OPTIONS)
+    """``model`` under ``torch.compile`` with Inductor: frozen weights, static shapes.
+
+    Static shapes: each new input shape compiles once (cached), which gives the best kernels;
+    and Inductor's shape-generic lowering of oneDNN's int8 conv mispredicts its output layout
+    (a stride assertion at run time, torch 2.13), which static shapes avoid."""
+    return torch.compile(model, backend="inductor", dynamic=False, options=INDUCTOR_OPTIONS)
 
 
 def graph_breaks(model: nn.Module, args: tuple, kwargs: dict) -> list[str]:
