@@ -21,6 +21,8 @@ SCRIPTS = [
     ["benchmarks.bench_auto", "--seeds", "2"],
     ["benchmarks.bench_report"],
     ["benchmarks.bench_onnx"],
+    ["benchmarks.bench_runtime"],
+    ["benchmarks.bench_no_vnni"],
     ["benchmarks.bench_coverage"],
     ["benchmarks.bench_detection"],
 ]
