@@ -26,7 +26,8 @@ from lowbit.errors import BackendUnavailableError
 from lowbit.runtime.cache import content_key
 from lowbit.runtime.signature import FlatModule, Signature, as_inputs
 
-__all__ = ["ONNX_BACKENDS", "runtime_missing", "build_runner", "export_cached"]
+__all__ = ["ONNX_BACKENDS", "runtime_missing", "build_runner", "export_cached", "calibration_tuples",
+           "temp_folder"]
 
 log = logging.getLogger(__name__)
 
