@@ -113,7 +113,7 @@ def bench(
     backends (``"inductor"``, ``"onnxruntime"``, ``"openvino"``; ``"auto"`` for the fastest);
     their rows (``runtime`` = ``"compiled:<backend>"``) are timed in the same rounds as the
     PyTorch variants, against float32 eager PyTorch. A backend that cannot run here is left out
-    with its reason in ``kernels``.
+    with its reason in ``notes``.
     """
     args = _as_args(example_inputs)
     if not args or not all(isinstance(a, torch.Tensor) for a in args):

@@ -131,12 +131,10 @@ def _build(backend, model, sig, example, calibration, cache) -> tuple[Any, bool,
     return ox.build_runner(backend, path, sig, cache), reused, tmp
 
 
-def _call(runner, backend, sig, names, example, keywords):
-    if backend in ("eager", "inductor"):
-        with torch.no_grad():
-            out = runner(**dict(zip(names, example, strict=True))) if keywords else runner(*example)
-        return torch.utils._pytree.tree_leaves(out)
-    return runner(list(example))
+def _leaves(compiled: CompiledModel, names, example, keywords) -> list[torch.Tensor]:
+    """The output tensors of one call on ``example``, called as the user calls the model."""
+    out = compiled(**dict(zip(names, example, strict=True))) if keywords else compiled(*example)
+    return torch.utils._pytree.tree_leaves(out)
 
 
 def compile(  # noqa: A001 - lowbit.compile mirrors torch.compile on purpose
@@ -175,23 +173,24 @@ def compile(  # noqa: A001 - lowbit.compile mirrors torch.compile on purpose
     names, example, keywords = as_inputs(example_inputs)
     calib = ox.calibration_tuples(calibration, sig)
     cache = resolve_cache_dir(cache_dir)
-    with torch.no_grad():
-        ref = _call(model, "eager", sig, names, example, keywords)
+    eager = CompiledModel(model, "eager", sig, model, 0.0)
+    ref = _leaves(eager, names, example, keywords)
     chosen = BACKENDS if backend == "auto" else (backend,)
-    built: dict[str, tuple[Any, Any]] = {}
+    built: dict[str, CompiledModel] = {}
     cands = []
     for name in chosen:
         cand, t0 = Candidate(name), time.perf_counter()
         try:
             runner, cand.cached, keep = _build(name, model, sig, example, calib, cache)
-            out = _call(runner, name, sig, names, example, keywords)  # compiles inductor
+            compiled = CompiledModel(model, name, sig, runner, 0.0, keep_alive=keep)
+            out = _leaves(compiled, names, example, keywords)  # compiles inductor
         except BackendUnavailableError as exc:
             if backend != "auto":
                 raise
             cand.skipped = str(exc)
             cands.append(cand)
             continue
-        cand.compile_s = time.perf_counter() - t0
+        compiled.compile_s = cand.compile_s = time.perf_counter() - t0
         cand.agreement_db = agreement_db(ref, out)
         if cand.agreement_db < MIN_AGREEMENT_DB:
             msg = (f"{name}'s outputs differ from the eager model's ({cand.agreement_db:.1f} dB "
@@ -200,34 +199,30 @@ def compile(  # noqa: A001 - lowbit.compile mirrors torch.compile on purpose
                 raise BackendUnavailableError(msg + "; use another backend")
             cand.skipped = msg
         else:
-            built[name] = (runner, keep)
+            built[name] = compiled
         cands.append(cand)
     if backend != "auto":
-        (runner, keep), cand = built[backend], cands[0]
-        return CompiledModel(model, backend, sig, runner, cand.compile_s,
-                             f"asked for {backend}", cands, keep)  # fmt: skip
-    return _choose(model, sig, names, example, keywords, built, cands, measure_s)
+        compiled = built[backend]
+        compiled.why, compiled.candidates = f"asked for {backend}", cands
+        return compiled
+    return _choose(eager, names, example, keywords, built, cands, measure_s)
 
 
-def _choose(model, sig, names, example, keywords, built, cands, measure_s) -> CompiledModel:
+def _choose(eager, names, example, keywords, built, cands, measure_s) -> CompiledModel:
     """Time eager and every built backend (interleaved) and keep the fastest."""
     from lowbit.measure.latency import compare_latency
 
-    fns = {"eager": (lambda: _call(model, "eager", sig, names, example, keywords))}
-    for name, (runner, _keep) in built.items():
-        fns[name] = lambda r=runner, n=name: _call(r, n, sig, names, example, keywords)
+    fns = {n: (lambda c=c: _leaves(c, names, example, keywords))
+           for n, c in {"eager": eager, **built}.items()}  # fmt: skip
     lat = compare_latency(fns, rounds=3, min_time_s=measure_s)
     for cand in cands:
         if cand.backend in lat:
             cand.median_ms = lat[cand.backend].median_ms
-    eager = Candidate("eager", median_ms=lat["eager"].median_ms)
+    cands = [*cands, Candidate("eager", median_ms=lat["eager"].median_ms)]
     best = min(lat, key=lambda n: lat[n].median_ms)
     shapes = ", ".join(f"{n} {list(t.shape)}" for n, t in zip(names, example, strict=True))
-    lines = "; ".join(c.line() for c in [*cands, eager])
-    why = f"fastest at {shapes}: {best} ({lines})"
-    log.info("lowbit.compile: %s", why)
-    if best == "eager":
-        return CompiledModel(model, "eager", sig, model, 0.0, why, [*cands, eager])
-    runner, keep = built[best]
-    cand = next(c for c in cands if c.backend == best)
-    return CompiledModel(model, best, sig, runner, cand.compile_s, why, [*cands, eager], keep)
+    lines = "; ".join(c.line() for c in cands)
+    chosen = eager if best == "eager" else built[best]
+    chosen.why, chosen.candidates = f"fastest at {shapes}: {best} ({lines})", cands
+    log.info("lowbit.compile: %s", chosen.why)
+    return chosen
