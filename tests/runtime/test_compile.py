@@ -167,3 +167,25 @@ def test_inductor_runs_int8_convs_at_a_batch_other_than_the_examples(tmp_path):
     x = torch.randn(5, 3, 8, 8)
     with torch.no_grad():
         assert lowbit.measure.accuracy.sqnr_db(q(x), c(x)) > 30
+
+
+def test_example_inputs_that_are_not_tensors_are_refused():
+    q, _ = _cnn()
+    with pytest.raises(lowbit.ConfigError, match="example_inputs must be a tensor"):
+        lowbit.compile(q, "not a batch")
+    with pytest.raises(lowbit.ConfigError, match="tensors only"):
+        lowbit.compile(q, (torch.randn(1, 3, 8, 8), 3))
+
+
+def test_a_model_whose_outputs_are_not_tensors_is_refused():
+    class Labels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return [str(int(i)) for i in self.fc(x).argmax(1)]
+
+    q = lowbit.quantize(Labels(), "W8A8-dynamic")
+    with pytest.raises(lowbit.ConfigError, match="outputs are tensors"):
+        lowbit.compile(q, torch.randn(2, 4))
